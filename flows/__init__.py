@@ -1,0 +1,1 @@
+"""Prefect flows, the run configuration and the command line."""

@@ -1,0 +1,154 @@
+"""The run configuration: one pydantic model that is also the Prefect flow's parameters.
+
+Inputs: a YAML file (paths inside it are relative to the file), `key=value` overrides
+(`sources.0.quota=20`, `generation.k=2`, values parsed as YAML), or a dict from the
+Prefect UI form. Output: a validated `RunConfig`. Every error names the field
+(`sources.1.quota: ...`) and nothing runs before validation passes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from storage.keys import stable_hash
+from tasks.assemble.config import PublishConfig
+from tasks.generation.config import GenerationConfig
+from tasks.rating.config import RatingConfig
+from tasks.sources.config import SamplingConfig, SourceConfig
+
+STAGES = ("sample", "generate", "rate", "assemble")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field."""
+
+
+class RunConfig(BaseModel):
+    """Everything one run needs. Shown as the flow's parameter form in the Prefect UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("ultrafeedback", description="Run name, recorded in the manifest and dataset card")
+    output: str = Field("runs/demo", description="Output root: a local folder or an fsspec URL (s3://, gs://, memory://)")
+    seed: int = Field(42, description="Seed of every random draw (sampling, models, principles, splits)")
+    shard_size: int = Field(64, ge=1, le=100_000, description="Instructions per shard")
+    sources: list[SourceConfig] = Field(min_length=1)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    rating: RatingConfig = Field(default_factory=RatingConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique, repeated: {dup}")
+        return sources
+
+    @model_validator(mode="after")
+    def _paths_exist(self) -> "RunConfig":
+        for i, src in enumerate(self.sources):
+            for j, path in enumerate(src.all_paths()):
+                if "://" not in path and not Path(path).exists():
+                    raise ValueError(f"sources.{i} ({src.name}): file not found: {path}")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections of the config (part of shard cache keys)."""
+        return stable_hash({s: getattr(self, s) for s in sections})
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        lines.append(f"{loc}: {err['msg']}")
+    return "invalid run configuration:\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    """Make source and evaluation paths relative to the config file absolute."""
+    def fix(p: str) -> str:
+        return p if ("://" in p or os.path.isabs(p)) else str((base / p).resolve())
+
+    def fix_any(v):
+        return [fix(x) for x in v] if isinstance(v, list) else fix(v) if isinstance(v, str) else v
+
+    for src in raw.get("sources") or []:
+        if isinstance(src, dict):
+            for key in ("path", "task_path"):
+                if key in src:
+                    src[key] = fix_any(src[key])
+    decon = (raw.get("sampling") or {}).get("decontamination") or {}
+    for ev in decon.get("eval_files") or []:
+        if isinstance(ev, dict) and "path" in ev:
+            ev["path"] = fix(ev["path"])
+    if isinstance(raw.get("output"), str):
+        raw["output"] = fix(raw["output"])
+    return raw
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `a.b.0.c=value` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {key}: no list item {part!r}") from None
+        else:
+            node = node.setdefault(part, [] if nxt.isdigit() else {})
+    last = parts[-1]
+    parsed = yaml.safe_load(value) if value.strip() else ""
+    if isinstance(node, list):
+        try:
+            node[int(last)] = parsed
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {key}: no list item {last!r}") from None
+    else:
+        node[last] = parsed
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                output: str | None = None) -> RunConfig:
+    """Load, override and validate; raises ConfigError naming the field."""
+    path = Path(path) if path else default_config_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    if output:
+        raw["output"] = output
+    raw = _resolve_paths(raw, path.resolve().parent)
+    return validate_config(raw, origin=str(path))
+
+
+def validate_config(raw: dict | RunConfig, origin: str = "parameters") -> RunConfig:
+    if isinstance(raw, RunConfig):
+        return raw
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_format_error(exc)}") from None
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"

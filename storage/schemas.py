@@ -1,0 +1,202 @@
+"""The one place where the Parquet schemas of every stage live.
+
+Inputs: nothing. Outputs: explicit pyarrow schemas (one per stage artifact) and
+`validate_table`, which every shard write calls so that a malformed row fails with a
+message naming the column and row instead of being written.
+
+Bump SCHEMA_VERSION whenever a schema changes; it is stored in each file's metadata and
+part of every shard's cache key, so old shards are recomputed rather than mixed in.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+_str_list = pa.list_(pa.string())
+
+INSTRUCTIONS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),  # sha256 of instruction
+        pa.field("source", pa.string(), nullable=False),  # source name from the config
+        pa.field("source_format", pa.string(), nullable=False),  # adapter, e.g. truthful_qa
+        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("correct_answers", _str_list, nullable=False),
+        pa.field("incorrect_answers", _str_list, nullable=False),
+        pa.field("reference_answer", pa.string()),  # FLAN target / rationale
+        pa.field("false_premise", pa.bool_()),  # FalseQA label
+        pa.field("task", pa.string()),  # FLAN task, ShareGPT id, Evol skill ...
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+    ]
+)
+
+COMPLETIONS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("completion_index", pa.int32(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),  # pool entry name
+        pa.field("principle", pa.string(), nullable=False),
+        pa.field("system_prompt", pa.string(), nullable=False),
+        pa.field("response", pa.string()),  # null when the request failed
+        pa.field("finish_reason", pa.string()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("backend", pa.string(), nullable=False),
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+# One row per (completion, aspect); the critique is aspect "critique" with a 1-10 score.
+RATINGS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("completion_index", pa.int32(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("aspect", pa.string(), nullable=False),
+        pa.field("rating", pa.float64()),  # null: N/A or unparsed (see parse_status)
+        pa.field("rating_na", pa.bool_(), nullable=False),
+        pa.field("types", _str_list),
+        pa.field("rationale", pa.string()),
+        pa.field("rationale_for_rating", pa.string()),
+        pa.field("raw_text", pa.string()),
+        pa.field("parse_status", pa.string(), nullable=False),  # ok | na | unparsed | failed
+        pa.field("parse_reason", pa.string()),
+        pa.field("permutation", pa.list_(pa.int32())),
+        pa.field("judge_model", pa.string(), nullable=False),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),
+        pa.field("request_id", pa.string(), nullable=False),
+    ]
+)
+
+_annotation = pa.struct(
+    [
+        pa.field("Rating", pa.string()),
+        pa.field("Rationale", pa.string()),
+        pa.field("Type", _str_list),
+        pa.field("Rationale For Rating", pa.string()),
+    ]
+)
+
+_completion = pa.struct(
+    [
+        pa.field("model", pa.string()),
+        pa.field("principle", pa.string()),
+        pa.field("custom_system_prompt", pa.string()),
+        pa.field("response", pa.string()),
+        pa.field(
+            "annotations",
+            pa.struct(
+                [
+                    pa.field("instruction_following", _annotation),
+                    pa.field("honesty", _annotation),
+                    pa.field("truthfulness", _annotation),
+                    pa.field("helpfulness", _annotation),
+                ]
+            ),
+        ),
+        pa.field("critique", pa.string()),
+        pa.field("overall_score", pa.float64()),
+        pa.field("fine-grained_score", pa.float64()),
+    ]
+)
+
+# openbmb/UltraFeedback layout, one row per instruction.
+DATASET = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("models", _str_list, nullable=False),
+        pa.field("correct_answers", _str_list, nullable=False),
+        pa.field("incorrect_answers", _str_list, nullable=False),
+        pa.field("completions", pa.list_(_completion), nullable=False),
+    ]
+)
+
+_message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# HuggingFaceH4/ultrafeedback_binarized: what TRL's DPO trainer reads.
+PREFERENCES_H4 = pa.schema(
+    [
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen", pa.list_(_message), nullable=False),
+        pa.field("rejected", pa.list_(_message), nullable=False),
+        pa.field("messages", pa.list_(_message), nullable=False),
+        pa.field("score_chosen", pa.float64(), nullable=False),
+        pa.field("score_rejected", pa.float64(), nullable=False),
+    ]
+)
+
+# argilla/ultrafeedback-binarized-preferences-cleaned.
+PREFERENCES_ARGILLA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen", pa.list_(_message), nullable=False),
+        pa.field("chosen-rating", pa.float64(), nullable=False),
+        pa.field("chosen-model", pa.string(), nullable=False),
+        pa.field("rejected", pa.list_(_message), nullable=False),
+        pa.field("rejected-rating", pa.float64(), nullable=False),
+        pa.field("rejected-model", pa.string(), nullable=False),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "instructions": INSTRUCTIONS,
+    "completions": COMPLETIONS,
+    "ratings": RATINGS,
+    "dataset": DATASET,
+    "preferences_h4": PREFERENCES_H4,
+    "preferences_argilla": PREFERENCES_ARGILLA,
+}
+
+
+class SchemaError(ValueError):
+    """A table does not match the schema it is written under."""
+
+
+def to_table(rows: list[dict], schema_name: str) -> pa.Table:
+    """Build a table from row dicts under the named schema, never by inference."""
+    schema = SCHEMAS[schema_name]
+    missing = [f.name for f in schema if any(f.name not in r for r in rows[:1])]
+    if missing:
+        raise SchemaError(f"{schema_name}: rows lack columns {missing}")
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SchemaError(f"{schema_name}: {_locate(rows, schema) or exc}") from exc
+    validate_table(table, schema_name)
+    return table
+
+
+def validate_table(table: pa.Table, schema_name: str) -> None:
+    """Raise SchemaError naming the column (and row) that breaks the schema."""
+    schema = SCHEMAS[schema_name]
+    if table.schema.names != schema.names:
+        raise SchemaError(
+            f"{schema_name}: columns {table.schema.names} differ from {schema.names}"
+        )
+    for field in schema:
+        col = table.column(field.name)
+        if col.type != field.type:
+            raise SchemaError(f"{schema_name}: column {field.name!r} is {col.type}, expected {field.type}")
+        if not field.nullable and col.null_count:
+            row = next(i for i, v in enumerate(col.to_pylist()) if v is None)
+            raise SchemaError(f"{schema_name}: column {field.name!r} is null in row {row}")
+
+
+def _locate(rows: list[dict], schema: pa.Schema) -> str | None:
+    for i, row in enumerate(rows):
+        for field in schema:
+            try:
+                pa.array([row.get(field.name)], type=field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                return f"row {i}, column {field.name!r}: {exc}"
+    return None

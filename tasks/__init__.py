@@ -1,0 +1,1 @@
+"""Stage logic: source adapters, sampling, generation, rating, assembly, backends."""

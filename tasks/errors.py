@@ -1,0 +1,23 @@
+"""Typed errors. Transient ones are retried by the orchestrator (Prefect task retries);
+everything else fails fast with a message that names the file, row or setting."""
+from __future__ import annotations
+
+
+class UltraFeedbackError(Exception):
+    """Base class for errors this project raises on purpose."""
+
+
+class InputError(UltraFeedbackError, ValueError):
+    """Bad source data or configuration; retrying cannot help."""
+
+
+class TransientError(UltraFeedbackError):
+    """A failure that a retry of the shard may cure (engine died, 5xx, timeouts)."""
+
+
+class EngineDiedError(TransientError):
+    """A model server or batch run stopped while requests were in flight."""
+
+
+class RateLimitedError(TransientError):
+    """The endpoint kept answering 429 past what the in-process limiter absorbs."""

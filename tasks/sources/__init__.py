@@ -1,0 +1,1 @@
+"""Instruction source adapters and sampling."""
