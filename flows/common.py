@@ -1,0 +1,82 @@
+"""What every stage's Prefect wrapper shares.
+
+Inputs: the run config and the shard store. Outputs: `StageResult` (the stage's shard
+references and a summary for the manifest and the dataset card), the cache-key function
+that keys a shard task on its precomputed `key` parameter, result storage placement, and
+`collect`, which waits for mapped shard tasks and sorts them into written / cached / failed.
+
+Caching has two layers that agree: Prefect's cache (a hit shows as "Cached" in the UI) and
+the shard's done marker (which also works without Prefect's records). A Prefect hit whose
+shard was deleted since is caught by `collect` and recomputed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import get_run_logger
+from prefect.context import TaskRunContext
+
+from storage.shards import ShardRef, ShardStore
+
+
+@dataclass
+class StageResult:
+    stage: str
+    refs: list[ShardRef]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def key_from_param(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key = the task's name + its `key` parameter (inputs' hashes, config, code)."""
+    return f"{context.task.name}:{parameters['key']}"
+
+
+def result_storage(store: ShardStore) -> Path | None:
+    """Keep Prefect's cache records beside a local run (deleted with it); else the default."""
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    return Path(store.base) / ".prefect-results" if protocol in ("file", "local") else None
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a run (unit tests calling .fn)
+        return logging.getLogger("ultrafeedback")
+
+
+def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], keys: list[str],
+            rerun: Callable[[int], Any]) -> tuple[list[ShardRef], dict]:
+    """Wait for shard tasks; recompute Prefect cache hits whose shard no longer exists.
+
+    Returns the finished refs (plan order) and counts {written, kept, cached, failed}.
+    A failed shard is recorded with a `.failed` marker and left for a backfill; the
+    other shards still complete.
+    """
+    counts = {"written": 0, "kept": 0, "cached": 0, "failed": 0}
+    refs: list[ShardRef] = []
+    for i, fut in enumerate(futures):
+        state = fut.wait() or fut.state
+        if state.is_failed() or state.is_crashed():
+            counts["failed"] += 1
+            try:
+                state.result()
+            except Exception as exc:  # the shard's own error, kept for status/backfill
+                store.mark_failed(stage, shard_ids[i], f"{type(exc).__name__}: {exc}")
+            continue
+        out = state.result()
+        ref: ShardRef = out["ref"]
+        if state.name == "Cached":
+            if store.done_with_key(stage, ref.shard_id, keys[i]) is None:
+                out = rerun(i)
+                ref = out["ref"]
+                counts[out["action"]] += 1
+            else:
+                counts["cached"] += 1
+        else:
+            counts[out["action"]] += 1
+        refs.append(ref)
+    return refs, counts
+
