@@ -1,0 +1,1 @@
+"""Real local servers that tests start (OpenAI-protocol judge/generator test server)."""
