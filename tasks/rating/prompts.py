@@ -1,0 +1,114 @@
+"""Render judge requests: aspect calls, critique calls and corrective re-asks.
+
+Inputs: an instruction row (INSTRUCTIONS columns), completion texts in presentation order,
+the answer mode and sampling settings. Outputs: chat messages and OpenAI request bodies.
+Pure functions; tests compare their output with golden files.
+
+Every user message follows tasks.rating.protocol: first line `Aspect: <name>`, completions
+fenced `<text id="N">`, the critique's answer fenced `<response>`. A re-ask is a fresh
+single-turn request (same message plus a note saying why the last answer was unreadable),
+so the judge sees the texts again, the contract still holds, and the unreadable answer is
+not paid for a second time as input.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+from storage.keys import stable_hash
+from tasks.rating import rubrics
+from tasks.rating.protocol import (
+    CRITIQUE, NA_ASPECTS, TYPED_ASPECTS, aspect_header, fence_response, fence_text, response_format,
+)
+
+NO_KNOWLEDGE = "No additional world knowledge."
+FALSE_PREMISE = "The question is based on a false premise."
+
+
+def _clean(text: str) -> str:
+    """Keep an instruction or reference from opening or closing our fences."""
+    text = re.sub(r"<\s*(/?)\s*(text|response|instruction)\b", r"< \1\2", text, flags=re.I)
+    return text
+
+
+def _answers(values: Sequence[str] | None) -> list[str]:
+    return [v for v in (values or []) if v and v.strip() and v.strip() != "None"]
+
+
+def world_knowledge(row: Mapping[str, Any]) -> str:
+    """The reference given to the truthfulness aspect only (UltraFeedback's rule)."""
+    correct, incorrect = _answers(row.get("correct_answers")), _answers(row.get("incorrect_answers"))
+    if correct or incorrect:
+        lines = ["Correct answers:"] + ([f"- {a}" for a in correct] or ["- (none given)"])
+        lines += ["Incorrect answers:"] + ([f"- {a}" for a in incorrect] or ["- (none given)"])
+        return "\n".join(lines)
+    if row.get("false_premise"):
+        return FALSE_PREMISE
+    ref = (row.get("reference_answer") or "").strip()
+    return f"Reference answer:\n{ref}" if ref else NO_KNOWLEDGE
+
+
+def _scale(aspect: str) -> str:
+    return "1 to 5, or N/A" if aspect in NA_ASPECTS else "1 to 5"
+
+
+def format_instructions(aspect: str, n: int, mode: str) -> str:
+    if aspect == CRITIQUE:
+        return rubrics.TEXT_FORMAT_CRITIQUE if mode == "text" else rubrics.STRUCTURED_CRITIQUE
+    typed = aspect in TYPED_ASPECTS
+    if mode == "structured":
+        fields = ('"types" (the type numbers as strings, an empty list for None), "type_rationale", '
+                  '"rating" and "rationale"') if typed else '"rating" and "rationale"'
+        scale = '"1" to "5" or "N/A"' if aspect in NA_ASPECTS else '"1" to "5"'
+        return rubrics.STRUCTURED_ASPECT.format(n=n, fields=fields, scale=scale)
+    more = f"\n(then the same block for Text 2 up to Text {n})" if n > 1 else ""
+    template = rubrics.TEXT_FORMAT_TYPED if typed else rubrics.TEXT_FORMAT_PLAIN
+    return template.format(first=1, scale=_scale(aspect), more=more).rstrip("\n")
+
+
+def aspect_user_message(aspect: str, instruction: str, texts: Sequence[str], mode: str,
+                        knowledge: str | None = None, note: str | None = None) -> str:
+    parts = [aspect_header(aspect), rubrics.RUBRICS[aspect]]
+    if knowledge is not None:
+        parts.append(f"World knowledge:\n{_clean(knowledge)}")
+    parts.append(f"Instruction:\n<instruction>\n{_clean(instruction)}\n</instruction>")
+    parts.append("Texts:\n" + "\n\n".join(fence_text(i + 1, t) for i, t in enumerate(texts)))
+    parts.append(format_instructions(aspect, len(texts), mode))
+    if note:
+        parts.append(note)
+    return "\n\n".join(parts)
+
+
+def critique_user_message(instruction: str, response: str, system_prompt: str, mode: str,
+                          note: str | None = None) -> str:
+    parts = [aspect_header(CRITIQUE), rubrics.CRITIQUE,
+             f"Note the answer was written under:\n{_clean(system_prompt) or '(none)'}",
+             f"Instruction:\n<instruction>\n{_clean(instruction)}\n</instruction>",
+             f"Answer:\n{fence_response(response)}",
+             format_instructions(CRITIQUE, 1, mode)]
+    if note:
+        parts.append(note)
+    return "\n\n".join(parts)
+
+
+def reask_note(reason: str) -> str:
+    return rubrics.REASK.format(reason=reason.rstrip("."))
+
+
+def messages(user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": rubrics.SYSTEM}, {"role": "user", "content": user}]
+
+
+def request_body(model: str, user: str, aspect: str, n: int, mode: str, *, temperature: float,
+                 top_p: float, max_tokens: int) -> dict[str, Any]:
+    """An OpenAI chat-completions body; structured mode adds the protocol's JSON schema."""
+    body: dict[str, Any] = {"model": model, "messages": messages(user), "temperature": temperature,
+                            "top_p": top_p, "max_tokens": max_tokens}
+    if mode == "structured":
+        body["response_format"] = response_format(aspect, n)
+    return body
+
+
+def request_id(body: Mapping[str, Any]) -> str:
+    """Deterministic id of a judge request: hash of model, messages and every parameter."""
+    return "rq-" + stable_hash(dict(body), length=32)
