@@ -120,10 +120,13 @@ DATASET = pa.schema(
 
 _message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 
-# HuggingFaceH4/ultrafeedback_binarized: what TRL's DPO trainer reads.
+# HuggingFaceH4/ultrafeedback_binarized columns in TRL's conversational preference format:
+# prompt = [user turn], chosen/rejected = [assistant turn], messages = the chosen
+# conversation. (H4's own files keep prompt as a string and the user turn inside
+# chosen/rejected; TRL 1.16's DPOTrainer fails on that mix with a TypeError.)
 PREFERENCES_H4 = pa.schema(
     [
-        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt", pa.list_(_message), nullable=False),
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("chosen", pa.list_(_message), nullable=False),
         pa.field("rejected", pa.list_(_message), nullable=False),
@@ -133,11 +136,11 @@ PREFERENCES_H4 = pa.schema(
     ]
 )
 
-# argilla/ultrafeedback-binarized-preferences-cleaned.
+# argilla/ultrafeedback-binarized-preferences-cleaned columns, messages as in PREFERENCES_H4.
 PREFERENCES_ARGILLA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt", pa.list_(_message), nullable=False),
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("chosen", pa.list_(_message), nullable=False),
         pa.field("chosen-rating", pa.float64(), nullable=False),
@@ -148,6 +151,31 @@ PREFERENCES_ARGILLA = pa.schema(
     ]
 )
 
+# Flat analysis table: one row per (completion, aspect), the critique as aspect "critique";
+# parse_status "missing" where the rating stage produced no row for the pair.
+RATINGS_LONG = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("completion_index", pa.int32(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("principle", pa.string(), nullable=False),
+        pa.field("aspect", pa.string(), nullable=False),
+        pa.field("rating", pa.float64()),
+        pa.field("rating_na", pa.bool_(), nullable=False),
+        pa.field("types", _str_list),
+        pa.field("parse_status", pa.string(), nullable=False),  # ok | na | unparsed | failed | missing
+        pa.field("parse_reason", pa.string()),
+        pa.field("judge_model", pa.string()),
+        pa.field("judge_prompt_tokens", pa.int64()),
+        pa.field("judge_completion_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),  # of the whole judge call: sum once per request_id
+        pa.field("request_id", pa.string()),
+        pa.field("response_tokens", pa.int64()),
+        pa.field("finish_reason", pa.string()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "instructions": INSTRUCTIONS,
     "completions": COMPLETIONS,
@@ -155,6 +183,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "dataset": DATASET,
     "preferences_h4": PREFERENCES_H4,
     "preferences_argilla": PREFERENCES_ARGILLA,
+    "ratings_long": RATINGS_LONG,
 }
 
 
