@@ -1,9 +1,186 @@
-"""Generation stage configuration (the model pool). Extended by the generation work."""
+"""Generation stage configuration: the model pool, how each model is served, sampling.
+
+Inputs: the `generation` section of the run config. Outputs: validated pydantic models;
+every error names the field (`generation.models.2.base_url: ...`).
+
+A pool entry's `name` is what the dataset records, so a pool that lists one model several
+times under different sampling settings must say so in the names
+(`smollm2-135m-t1.0`, `smollm2-135m-t0.7`).
+"""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ServeMode = Literal["vllm_server", "vllm_batch", "openai", "scripted"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_engine_python() -> str:
+    """The local vLLM environment's interpreter (UF_VLLM_ENV overrides the folder)."""
+    env = os.environ.get("UF_VLLM_ENV") or str(REPO_ROOT / ".venv-vllm")
+    return str(Path(env) / "bin" / "python")
+
+
+def models_dir() -> str:
+    return os.environ.get("UF_MODELS_DIR") or str(REPO_ROOT / ".models")
+
+
+def resolve_model(model: str) -> str:
+    """Expand `{models_dir}`, `~` and `$VARS`; a relative path that exists becomes absolute.
+
+    Anything else (a served name, a hub id) is returned unchanged.
+    """
+    text = os.path.expanduser(os.path.expandvars(model.replace("{models_dir}", models_dir())))
+    for base in (Path.cwd(), REPO_ROOT):
+        candidate = Path(text) if os.path.isabs(text) else base / text
+        if candidate.exists():
+            return str(candidate.resolve())
+    return text
+
+
+class SamplingSettings(BaseModel):
+    """Sampling of one pool entry; defaults are the original's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0, le=2, description="Sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass")
+    max_tokens: int = Field(1024, ge=1, description="Most new tokens per completion")
+    stop: list[str] | None = Field(None, description="Extra stop strings (the chat template's own stop applies anyway)")
+    seeded: bool = Field(True, description="Send a per-request seed derived from the request id, so a rerun repeats the draw where the engine allows")
+
+
+class EngineSettings(BaseModel):
+    """How the flow starts a vLLM engine (serve: vllm_server or vllm_batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: str | None = Field(None, description="Interpreter of the vLLM environment; default: the local one built by scripts/setup_local.sh (UF_VLLM_ENV)")
+    extra_args: list[str] = Field(default_factory=list, description="More vLLM command-line arguments")
+    env: dict[str, str] = Field(
+        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        description="Environment for the engine process (HF_HUB_OFFLINE=1 is always set unless given here)")
+    enforce_eager: bool = Field(True, description="Skip graph compilation (starts in ~30 s instead of minutes on CPU)")
+    startup_timeout_s: float = Field(600, gt=0, description="Give up when the server is not healthy by then")
+    stop_timeout_s: float = Field(20, gt=0, description="SIGTERM grace before SIGKILL of the engine's process group")
+    run_timeout_s: float = Field(6 * 3600, gt=0, description="vllm_batch: longest one batch run may take")
+    log_dir: str | None = Field(None, description="Engine logs; default: <output>/logs when local, else a temp folder")
+
+    def interpreter(self) -> str:
+        return self.python or default_engine_python()
+
+
+class ModelEntry(BaseModel):
+    """One entry of the model pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name recorded in the dataset (also a folder name)")
+    serve: ServeMode = Field("vllm_server", description="vllm_server | vllm_batch (the flow starts vLLM) | openai (existing endpoint) | scripted (tests)")
+    model: str = Field("", description="Model folder or hub id (vLLM modes; `{models_dir}` expands), or the endpoint's model name (openai)")
+    served_name: str | None = Field(None, description="Name the launched server answers to; default: name")
+    base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. https://api.openai.com/v1")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (the key itself never goes in a config)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (also the GPU slots it occupies)")
+    dtype: str = Field("auto", description="vLLM --dtype (auto, bfloat16, float16, float32)")
+    max_model_len: int | None = Field(4096, ge=16, description="vLLM --max-model-len")
+    chat_template: str | None = Field(None, description="Jinja chat template file for a model whose tokenizer has none")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    concurrency: int = Field(256, ge=1, description="Requests in flight (server and openai modes)")
+    request_timeout_s: float = Field(900, gt=0, description="One request's time limit")
+    requests_per_minute: float | None = Field(None, gt=0, description="openai: client-side rate limit")
+    max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait honouring 429 Retry-After per request")
+    script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        allowed = {"auto", "bfloat16", "float16", "half", "float32", "float"}
+        if v not in allowed:
+            raise ValueError(f"dtype must be one of {sorted(allowed)}")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("api_key_env is the NAME of an environment variable, not a key")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelEntry":
+        if self.serve == "openai" and not self.base_url:
+            raise ValueError("serve openai needs base_url")
+        if self.serve in ("vllm_server", "vllm_batch", "openai") and not self.model:
+            raise ValueError(f"serve {self.serve} needs model")
+        return self
+
+    @property
+    def request_model(self) -> str:
+        """The `model` field sent in each request body."""
+        if self.serve == "openai":
+            return self.model
+        return self.served_name or self.name
+
+
+def demo_pool() -> list[ModelEntry]:
+    """The embedded CPU default: the one local model under four sampling settings.
+
+    The names say it is one model, so nobody reads the dataset's `models` field as four.
+    """
+    variants = [("t1.0", 1.0, 1.0), ("t0.7", 0.7, 1.0), ("t1.0-p0.9", 1.0, 0.9), ("t0.3", 0.3, 1.0)]
+    return [
+        ModelEntry(name=f"smollm2-135m-{tag}", serve="vllm_server", model="{models_dir}/SmolLM2-135M-Instruct",
+                   sampling=SamplingSettings(temperature=t, top_p=p))
+        for tag, t, p in variants
+    ]
 
 
 class GenerationConfig(BaseModel):
+    """The model pool and how completions are drawn."""
+
     model_config = ConfigDict(extra="forbid")
-    k: int = 4
+
+    k: int = Field(4, ge=1, description="Models (completions) per instruction")
+    allow_repeats: bool = Field(False, description="Allow drawing a model twice for one instruction when k exceeds the pool")
+    models: list[ModelEntry] = Field(default_factory=lambda: demo_pool(), description="The model pool")
+    principles: dict[str, dict[str, float]] | None = Field(
+        None, description="Override of the per-source principle distribution (row -> principle -> weight)")
+    gpu_slots: str | None = Field(None, description="Prefect global concurrency limit that gates engine starts (one slot per GPU); none on CPU")
+    max_error_fraction: float = Field(0.5, ge=0, le=1, description="A shard with more failed requests than this is retried rather than written")
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: list[ModelEntry]) -> list[ModelEntry]:
+        if not models:
+            raise ValueError("the model pool is empty")
+        names = [m.name for m in models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique, repeated: {dup}")
+        return models
+
+    @model_validator(mode="after")
+    def _pool_size(self) -> "GenerationConfig":
+        if self.k > len(self.models) and not self.allow_repeats:
+            raise ValueError(
+                f"k={self.k} exceeds the pool of {len(self.models)} models; lower generation.k, "
+                "add models, or set generation.allow_repeats: true")
+        if self.principles is not None:
+            from tasks.generation.principles import validate_table
+
+            validate_table(self.principles)
+        return self
+
+    def entry(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)

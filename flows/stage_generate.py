@@ -1,0 +1,129 @@
+"""Generation stage as Prefect tasks: one task per engine, then one merge task per shard.
+
+Inputs: the run config and the finished instruction shards (`upstream["sample"]`).
+Outputs: `generate_parts/<model>/<shard_id>` per pool entry and instruction shard, then
+`generate/<shard_id>` (COMPLETIONS, k rows per instruction), the stage plan, and a
+summary (shards, completions, failed requests, tokens, engine timings).
+
+Grouped by model as in the original: each engine task starts its engine once, sends the
+requests of every shard that drew it, and stops it. Engine tasks retry on transient
+errors (a dead server, too many failed requests); finished parts are kept, so a retry
+redoes only unfinished shards. Without `generation.gpu_slots` the vLLM engines run one
+after another (one machine, one engine at a time); with it, every engine task takes
+`tensor_parallel_size` slots of that Prefect concurrency limit and they run in parallel.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import nullcontext
+
+from prefect import allow_failure, task
+
+from flows.common import StageResult, collect, key_from_param, logger, result_storage
+from storage.keys import stable_hash
+from storage.shards import ShardRef, ShardStore
+from tasks.errors import TransientError
+from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
+from tasks.generation.stage import STAGE, merge_key, merge_shard, part_key, run_group
+
+
+def _transient_only(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def rows_by_source(cfg) -> dict[str, str]:
+    return {s.name: s.principle_source for s in cfg.sources}
+
+
+def log_dir(store: ShardStore) -> str:
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    if protocol in ("file", "local"):
+        return os.path.join(store.base, "logs")
+    return os.path.join(tempfile.gettempdir(), "ultrafeedback-logs")
+
+
+@task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient_only)
+def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], key: str) -> dict:
+    """Bring one engine up, generate every unfinished part of its entries, stop it."""
+    store = ShardStore(cfg.output)
+    gate = nullcontext()
+    if cfg.generation.gpu_slots and group.serve in VLLM_MODES:
+        from prefect.concurrency.sync import concurrency
+
+        gate = concurrency(cfg.generation.gpu_slots, occupy=group.entries[0].tensor_parallel_size)
+    with gate:
+        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), log_dir(store))
+    logger().info("engine %s: %d parts written, %d kept, %d requests (%d failed), %d tokens in %.1fs",
+                  group.engine_id, res.written, res.kept, res.requests, res.failed_requests,
+                  res.completion_tokens, res.generate_s)
+    return {"engine_id": res.engine_id, "written": res.written, "kept": res.kept, "requests": res.requests,
+            "failed_requests": res.failed_requests, "completion_tokens": res.completion_tokens,
+            "engine_s": round(res.engine_s, 3), "generate_s": round(res.generate_s, 3)}
+
+
+@task(name="generate-merge", retries=0, cache_key_fn=key_from_param, persist_result=True)
+def merge_completions(cfg, instr: ShardRef, key: str) -> dict:
+    store = ShardStore(cfg.output)
+    existing = store.done_with_key(STAGE, instr.shard_id, key)
+    if existing is not None:
+        return {"ref": existing, "action": "kept"}
+    return {"ref": merge_shard(store, instr, cfg.generation, cfg.seed, rows_by_source(cfg)), "action": "written"}
+
+
+def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef]) -> list:
+    rows = rows_by_source(cfg)
+    futures, previous = [], None
+    for group in groups:
+        key = stable_hash([part_key(r, e, cfg.generation, cfg.seed, rows) for r in instr_refs for e in group.entries])
+        serial = group.serve in VLLM_MODES and not cfg.generation.gpu_slots
+        wait_for = [allow_failure(previous)] if serial and previous is not None else None
+        fut = generate_with_engine.with_options(name=f"generate-engine-{group.engine_id}").submit(
+            cfg, group, instr_refs, key, wait_for=wait_for)
+        futures.append(fut)
+        if serial:
+            previous = fut
+    return futures
+
+
+def run_generate(cfg, store: ShardStore, upstream: dict) -> StageResult:
+    instr_refs = sorted(upstream["sample"].refs, key=lambda r: r.shard_id)
+    rows = rows_by_source(cfg)
+    keys = [merge_key(r, cfg.generation, cfg.seed, rows) for r in instr_refs]
+    store.write_plan(STAGE, {r.shard_id: k for r, k in zip(instr_refs, keys)})
+
+    engine_futures = _submit_engines(cfg, engine_groups(cfg.generation), instr_refs)
+    engines = []
+    for fut in engine_futures:
+        state = fut.wait() or fut.state
+        if state.is_completed():
+            engines.append(state.result())
+        else:
+            try:
+                state.result()
+            except Exception as exc:  # kept in the summary; the shards it left unfinished fail below
+                engines.append({"error": f"{type(exc).__name__}: {exc}"[:2000]})
+
+    merge = merge_completions.with_options(result_storage=result_storage(store))
+
+    def submit(i, refresh=False):
+        t = merge.with_options(refresh_cache=True) if refresh else merge
+        return t.submit(cfg, instr_refs[i], keys[i])
+
+    futures = [submit(i) for i in range(len(instr_refs))]
+    refs, counts = collect(STAGE, store, futures, [r.shard_id for r in instr_refs], keys,
+                           rerun=lambda i: submit(i, refresh=True).result())
+    completions = sum(r.rows for r in refs)
+    failed = sum(e.get("failed_requests", 0) for e in engines)
+    logger().info("generate: %d shards (%d written, %d unchanged, %d cached, %d failed), %d completions",
+                  len(instr_refs), counts["written"], counts["kept"], counts["cached"], counts["failed"], completions)
+    summary = {"shards": counts, "completions": completions, "failed_requests_this_run": failed,
+               "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
+               "engines": engines}
+    return StageResult(STAGE, refs, summary)

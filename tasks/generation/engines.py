@@ -1,0 +1,94 @@
+"""From pool entries to running backends.
+
+Inputs: the generation config's pool and a log folder. Outputs: `EngineGroup`s (pool
+entries that can share one engine) and `open_backend(group, log_dir)`, a Backend for it.
+
+Entries that differ only in sampling settings share one engine: a demo pool that lists
+the same small model under four sampling settings starts vLLM once, with every entry's
+name registered as a served-model name. Other modes get one backend per entry.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from storage.keys import stable_hash
+from tasks.errors import InputError
+from tasks.generation.config import GenerationConfig, ModelEntry, resolve_model
+
+VLLM_MODES = ("vllm_server", "vllm_batch")
+
+
+@dataclass(frozen=True)
+class EngineGroup:
+    engine_id: str
+    entries: tuple[ModelEntry, ...]
+
+    @property
+    def serve(self) -> str:
+        return self.entries[0].serve
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+
+def _engine_identity(entry: ModelEntry) -> str:
+    if entry.serve not in VLLM_MODES:
+        return f"{entry.serve}:{entry.name}"
+    same = entry.model_dump(include={"serve", "model", "tensor_parallel_size", "dtype", "max_model_len",
+                                     "chat_template", "engine"})
+    return f"{entry.serve}:{stable_hash(same, resolve_model(entry.model))}"
+
+
+def engine_groups(cfg: GenerationConfig) -> list[EngineGroup]:
+    """Pool entries grouped by the engine they can share, in pool order."""
+    groups: dict[str, list[ModelEntry]] = {}
+    for entry in cfg.models:
+        groups.setdefault(_engine_identity(entry), []).append(entry)
+    out = []
+    for entries in groups.values():
+        engine_id = entries[0].name if len(entries) == 1 else f"{entries[0].name}+{len(entries) - 1}"
+        out.append(EngineGroup(engine_id, tuple(entries)))
+    return out
+
+
+def api_key(entry: ModelEntry, field: str) -> str | None:
+    if not entry.api_key_env:
+        return None
+    value = os.environ.get(entry.api_key_env)
+    if not value:
+        raise InputError(f"{field}.api_key_env: environment variable {entry.api_key_env} is not set")
+    return value
+
+
+def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.models"):
+    """A Backend (not yet entered) for the group."""
+    first = group.entries[0]
+    if first.serve == "scripted":
+        from tasks.backends.scripted import ScriptedBackend
+
+        return ScriptedBackend(group.engine_id, **first.script)
+    if first.serve == "openai":
+        from tasks.backends.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(first.name, first.base_url, api_key(first, field), first.concurrency,
+                                   first.request_timeout_s, first.requests_per_minute, first.max_rate_limit_wait_s)
+    served = list(dict.fromkeys(e.request_model for e in group.entries))
+    common = dict(
+        name=group.engine_id, python=first.engine.interpreter(), model=resolve_model(first.model),
+        served_names=served, log_dir=first.engine.log_dir or log_dir,
+        tensor_parallel_size=first.tensor_parallel_size, dtype=first.dtype, max_model_len=first.max_model_len,
+        chat_template=resolve_model(first.chat_template) if first.chat_template else None,
+        enforce_eager=first.engine.enforce_eager, extra_args=first.engine.extra_args, env=first.engine.env,
+        stop_timeout_s=first.engine.stop_timeout_s,
+    )
+    if first.serve == "vllm_server":
+        from tasks.backends.vllm_server import VLLMServerBackend
+
+        return VLLMServerBackend(**common, startup_timeout_s=first.engine.startup_timeout_s,
+                                 concurrency=max(e.concurrency for e in group.entries),
+                                 request_timeout_s=first.request_timeout_s)
+    from tasks.backends.vllm_batch import VLLMBatchBackend
+
+    return VLLMBatchBackend(**common, run_timeout_s=first.engine.run_timeout_s)

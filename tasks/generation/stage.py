@@ -1,0 +1,183 @@
+"""Generation stage logic, without Prefect: run one engine over many shards, then merge.
+
+Inputs: finished instruction shards (ShardRefs in a ShardStore), the generation config,
+the run seed and the source -> principle-row mapping.
+Outputs:
+- `generate_parts/<model>/<shard_id>`: the completions one pool entry produced for one
+  instruction shard (COMPLETIONS schema, marker written last), so a retry resumes at
+  shard granularity and a dead engine costs only the shards it had not finished;
+- `generate/<shard_id>`: every completion of the instruction shard (k per instruction),
+  sorted by prompt_id and completion_index, checked complete before it is written.
+
+As in the original, generation is grouped by model: `run_group` brings an engine up once
+for every shard that drew any of its entries and stops it afterwards. Nothing is started
+when all of a group's parts are already done.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import tasks.generation.draws
+import tasks.generation.principles
+import tasks.generation.requests
+from storage.keys import code_version, shard_key, stable_hash
+from storage.schemas import to_table
+from storage.shards import ShardRef, ShardStore
+from tasks.errors import TransientError
+from tasks.generation.config import GenerationConfig, ModelEntry
+from tasks.generation.engines import EngineGroup, open_backend
+from tasks.generation.principles import system_prompts
+from tasks.generation.requests import Planned, build_request, completion_row, plan_shard
+
+STAGE = "generate"
+
+
+def part_stage(model: str) -> str:
+    return f"{STAGE}_parts/{model}"
+
+
+def code() -> str:
+    import tasks.generation.stage as me
+
+    return code_version(tasks.generation.draws, tasks.generation.principles, tasks.generation.requests, me)
+
+
+def _output_settings(entry: ModelEntry) -> dict:
+    """The parts of a pool entry that change what it generates (not timeouts or logs)."""
+    return entry.model_dump(mode="json", include={"name", "serve", "model", "served_name", "base_url", "dtype",
+                                                  "max_model_len", "chat_template", "sampling", "script"})
+
+
+def draw_settings(cfg: GenerationConfig, seed: int, rows_by_source: dict[str, str]) -> dict:
+    """Everything the draws depend on: a change re-plans every shard."""
+    return {"seed": seed, "k": cfg.k, "allow_repeats": cfg.allow_repeats, "pool": sorted(m.name for m in cfg.models),
+            "principles": cfg.principles, "rows": rows_by_source, "prompts": stable_hash(system_prompts())}
+
+
+def part_key(instr: ShardRef, entry: ModelEntry, cfg: GenerationConfig, seed: int, rows_by_source: dict) -> str:
+    return shard_key(part_stage(entry.name), [instr.sha256],
+                     {"draws": draw_settings(cfg, seed, rows_by_source), "entry": _output_settings(entry)}, code())
+
+
+def merge_key(instr: ShardRef, cfg: GenerationConfig, seed: int, rows_by_source: dict) -> str:
+    entries = [_output_settings(m) for m in cfg.models]
+    return shard_key(STAGE, [instr.sha256], {"draws": draw_settings(cfg, seed, rows_by_source),
+                                             "entries": entries}, code())
+
+
+@dataclass
+class GroupResult:
+    engine_id: str
+    refs: list[ShardRef] = field(default_factory=list)
+    written: int = 0
+    kept: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    completion_tokens: int = 0
+    engine_s: float = 0.0  # engine start to stop (0 when nothing had to run)
+    generate_s: float = 0.0  # first request sent to last result received
+
+
+@dataclass
+class _Todo:
+    entry: ModelEntry
+    shard_id: str
+    key: str
+    planned: list[Planned]
+    results: dict = field(default_factory=dict)
+
+
+def _plan_todo(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], cfg: GenerationConfig,
+               seed: int, rows_by_source: dict, out: GroupResult) -> list[_Todo]:
+    names = set(group.names)
+    todo = []
+    for ref in instr_refs:
+        planned = plan_shard(store.read_shard(ref), cfg, seed, rows_by_source)
+        for entry in group.entries:
+            mine = [p for p in planned if p.model == entry.name]
+            if not mine or entry.name not in names:
+                continue
+            key = part_key(ref, entry, cfg, seed, rows_by_source)
+            done = store.done_with_key(part_stage(entry.name), ref.shard_id, key)
+            if done is not None:
+                out.refs.append(done)
+                out.kept += 1
+            else:
+                todo.append(_Todo(entry, ref.shard_id, key, mine))
+    return todo
+
+
+def _write_part(store: ShardStore, item: _Todo, max_error_fraction: float, out: GroupResult) -> None:
+    rows = [completion_row(p, item.results.get(p.request_id), item.entry.serve) for p in item.planned]
+    failed = sum(r["response"] is None for r in rows)
+    out.failed_requests += failed
+    out.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows if r["response"] is not None)
+    if failed and failed / len(rows) > max_error_fraction:
+        examples = sorted({r["error"] for r in rows if r["error"]})[:3]
+        raise TransientError(f"{item.entry.name} on shard {item.shard_id}: {failed}/{len(rows)} requests failed "
+                             f"(generation.max_error_fraction={max_error_fraction}); e.g. {examples}")
+    table = to_table(rows, "completions")
+    out.refs.append(store.write_shard(part_stage(item.entry.name), item.shard_id, table, "completions", item.key))
+    out.written += 1
+
+
+def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], cfg: GenerationConfig,
+              seed: int, rows_by_source: dict[str, str], log_dir: str, backend=None) -> GroupResult:
+    """Generate every unfinished part of one engine group; parts are written as they complete.
+
+    An exception (engine died, too many failures) leaves the finished parts in place; the
+    orchestrator's retry redoes only the rest. `backend` replaces the configured one (tests).
+    """
+    out = GroupResult(group.engine_id)
+    todo = _plan_todo(store, group, instr_refs, cfg, seed, rows_by_source, out)
+    if not todo:
+        return out
+    owner = {p.request_id: item for item in todo for p in item.planned}
+    entries = {e.name: e for e in group.entries}
+
+    def requests():
+        for item in todo:
+            for p in item.planned:
+                yield build_request(p, entries[p.model])
+
+    started = time.monotonic()
+    with (backend or open_backend(group, log_dir)) as engine:
+        sent = time.monotonic()
+        for result in engine.run(requests()):
+            item = owner.get(result["custom_id"])
+            if item is None:
+                continue  # not ours: an engine must not invent ids, and a stray one must not corrupt a shard
+            item.results[result["custom_id"]] = result
+            out.requests += 1
+            if len(item.results) == len(item.planned):
+                _write_part(store, item, cfg.max_error_fraction, out)
+        out.generate_s = time.monotonic() - sent
+    out.engine_s = time.monotonic() - started
+    unfinished = [f"{i.entry.name}/{i.shard_id}" for i in todo if len(i.results) < len(i.planned)]
+    if unfinished:
+        raise TransientError(f"engine {group.engine_id} returned no result for some requests of {unfinished}")
+    return out
+
+
+def merge_shard(store: ShardStore, instr: ShardRef, cfg: GenerationConfig, seed: int,
+                rows_by_source: dict[str, str]) -> ShardRef:
+    """Combine the parts of one instruction shard into `generate/<shard_id>`."""
+    key = merge_key(instr, cfg, seed, rows_by_source)
+    existing = store.done_with_key(STAGE, instr.shard_id, key)
+    if existing is not None:
+        return existing
+    planned = plan_shard(store.read_shard(instr), cfg, seed, rows_by_source)
+    rows: list[dict] = []
+    for name in sorted({p.model for p in planned}):
+        entry = cfg.entry(name)
+        ref = store.done_with_key(part_stage(name), instr.shard_id, part_key(instr, entry, cfg, seed, rows_by_source))
+        if ref is None:
+            raise TransientError(f"shard {instr.shard_id}: part of model {name} is not finished")
+        rows.extend(store.read_shard(ref).to_pylist())
+    want = sorted((p.prompt_id, p.completion_index, p.model) for p in planned)
+    have = sorted((r["prompt_id"], r["completion_index"], r["model"]) for r in rows)
+    if want != have:
+        raise TransientError(f"shard {instr.shard_id}: parts hold {len(have)} completions, plan has {len(want)}")
+    rows.sort(key=lambda r: (r["prompt_id"], r["completion_index"]))
+    return store.write_shard(STAGE, instr.shard_id, to_table(rows, "completions"), "completions", key)
