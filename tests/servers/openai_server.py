@@ -8,7 +8,8 @@ injected faults.
 
 Faults: `[[fault:KIND[:ARG][*N]]]` anywhere in a message or an `X-Fault: KIND[:ARG][*N]`
 header triggers one for that request (N: only its first N receipts); scheduled faults
-(count, rate or seconds) come from `--fault` or POST /_faults. Kinds: 429 (ARG = Retry-After
+(count, rate or seconds) come from `--fault` or POST /_faults. In /_stats, status 0 means the
+client got no readable answer (hang, reset, cut, badjson). Kinds: 429 (ARG = Retry-After
 seconds), 500/502/503/504, hang (ARG seconds, then the connection closes unanswered), reset
 (TCP RST), cut (body cut short), badjson (200 with a body that is not JSON), truncate (answer
 cut in half, finish_reason "length"), malformed (answer in no judge format), slow (ARG

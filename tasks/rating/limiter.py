@@ -1,0 +1,333 @@
+"""Per-endpoint request limiting for the HTTP judge: RPM and TPM buckets, a concurrency cap
+that adapts to 429s (AIMD), and limits learned from the server's headers.
+
+Inputs: for each request, an estimate of its prompt tokens and its answer cap; afterwards
+the answer's response headers and `usage`, or the 429's headers. Outputs: `async with
+limiter.slot(...)` returns when the request may be sent.
+
+- Tokens are estimated before sending (tiktoken for OpenAI model names when its encoding
+  loads offline, else 4 characters per token) plus the running mean answer size for that
+  kind of request, then reconciled with the `usage` the answer reports: the difference is
+  debited or refunded, and the prompt estimate is corrected by the observed ratio.
+- Buckets refill continuously at limit x headroom / window and hold a small burst, so
+  requests are paced rather than sent in a minute's worth at once.
+- `x-ratelimit-limit-requests/-tokens` headers lower (or set) the configured limits.
+- On a 429 the endpoint pauses for `retry-after-ms` / `Retry-After` / `x-ratelimit-reset-*`
+  (full-jitter exponential when none is given), the buckets restart empty after the pause,
+  waiters that reserved before it reserve again, and the concurrency cap halves once per
+  congestion event; each success adds 1/cap back (additive increase). With no limit known
+  up front it starts at one request in flight and adds one per success until the first 429.
+
+One limiter per endpoint per process (`limiter_for`), shared by every thread and event loop:
+state sits behind a threading lock and waits are computed reservations slept with
+asyncio.sleep, so there are no polling loops and no per-loop primitives. aiolimiter's
+AsyncLimiter is bound to one loop and cannot debit after the fact, hence this class.
+Across processes, `gate` names an optional Prefect global concurrency limit taken per request
+(coarse; on a SQLite Prefect server it throttles far below its setting).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping
+
+from tasks.rating.limit_hints import estimate_prompt_tokens, retry_after_s
+
+__all__ = ["EndpointLimiter", "Permit", "limiter_for", "reset_limiters", "estimate_prompt_tokens", "retry_after_s"]
+
+
+class _Bucket:
+    """Reservation bucket: `reserve` returns when the cost may go; `t` may lie in the future
+    (after a 429 pause), and `level` goes negative while reservations are outstanding."""
+
+    def __init__(self, per_window: float, window_s: float, burst: float, headroom: float):
+        self.window_s, self.burst, self.headroom = window_s, burst, headroom
+        self.t = time.monotonic()
+        self.set_limit(per_window)
+        self.level = self.capacity
+
+    def set_limit(self, per_window: float) -> None:
+        self.limit = per_window
+        self.rate = per_window * self.headroom / self.window_s
+        self.capacity = max(per_window * self.burst, 1e-9)
+
+    def _refill(self, now: float) -> None:
+        if now > self.t:
+            self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+            self.t = now
+
+    def reserve(self, cost: float, now: float) -> float:
+        self._refill(now)
+        need = min(cost, self.capacity)
+        at = self.t + max(0.0, need - self.level) / self.rate
+        self.level -= cost
+        return at
+
+    def adjust(self, delta: float) -> None:
+        """Debit (delta > 0) or refund (delta < 0) after the answer's usage is known."""
+        self.level = min(self.capacity, self.level - delta)
+
+    def pause_until(self, t: float) -> None:
+        self.level, self.t = 0.0, max(self.t, t)
+
+
+class _Slots:
+    """A concurrency cap shared across threads and event loops; the cap may change."""
+
+    def __init__(self, cap: float):
+        self.cap, self.in_use = cap, 0
+        self.waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+
+    def try_take(self) -> bool:
+        if self.in_use < max(1, int(self.cap)) and not self.waiters:
+            self.in_use += 1
+            return True
+        return False
+
+    def wake(self) -> None:
+        while self.waiters and self.in_use < max(1, int(self.cap)):
+            loop, fut = self.waiters.popleft()
+            self.in_use += 1
+            try:
+                loop.call_soon_threadsafe(self._grant, fut)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                self.in_use -= 1
+
+    def _grant(self, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            self._give_back()
+        else:
+            fut.set_result(None)
+
+    def _give_back(self) -> None:
+        with _LOCK:
+            self.in_use -= 1
+            self.wake()
+
+
+_LOCK = threading.RLock()  # guards every limiter's state; waits happen outside it
+
+
+@dataclass
+class Permit:
+    """One admitted request: what was reserved, so the answer can reconcile it."""
+
+    label: str
+    prompt_est: int
+    completion_est: int
+    prompt_raw: int = 0  # the caller's estimate before the learned correction
+    sent_at: float = 0.0
+    epoch: int = 0
+    settled: bool = False
+
+    @property
+    def reserved(self) -> int:
+        return self.prompt_est + self.completion_est
+
+
+@dataclass
+class LimiterStats:
+    requests: int = 0
+    successes: int = 0
+    rate_limited: int = 0
+    cuts: int = 0
+    paused_s: float = 0.0
+    tokens_estimated: int = 0
+    tokens_reported: int = 0
+    learned: dict[str, int] = field(default_factory=dict)
+
+
+class EndpointLimiter:
+    """RPM/TPM buckets + adaptive concurrency for one endpoint (see the module docstring)."""
+
+    def __init__(self, key: str, *, rpm: float | None = None, tpm: float | None = None, max_concurrency: int = 16,
+                 learn_limits: bool = True, window_s: float = 60.0, burst: float = 1 / 120, headroom: float = 0.99,
+                 min_concurrency: int = 1, gate: str | None = None, model: str = ""):
+        self.key, self.model, self.gate = key, model, gate
+        self.window_s, self.burst, self.headroom = window_s, burst, headroom
+        self.learn_limits = learn_limits
+        self.configured = {"requests": rpm, "tokens": tpm}
+        self.buckets: dict[str, _Bucket | None] = {
+            k: _Bucket(v, window_s, burst, headroom) if v else None for k, v in self.configured.items()}
+        self.max_concurrency, self.min_concurrency = max_concurrency, min_concurrency
+        # Without known limits, start with one request in flight (its answer's headers may
+        # teach the limits) and grow by one per success until the first 429 (slow start).
+        self.slow_start = not (rpm or tpm)
+        self.slots = _Slots(1.0 if self.slow_start else float(max_concurrency))
+        self.blocked_until = 0.0
+        self.epoch = 0
+        self.last_cut = -math.inf
+        self.backoff_level = 0
+        self.completion_mean: dict[str, float] = {}
+        self.prompt_ratio = 1.0
+        self.stats = LimiterStats()
+
+    # --- admission ---------------------------------------------------------------------
+    @asynccontextmanager
+    async def slot(self, prompt_tokens: int, max_tokens: int | None = None, label: str = "") -> AsyncIterator[Permit]:
+        """Wait until a request of about `prompt_tokens` (answer capped at `max_tokens`) may go."""
+        await self._take_slot()
+        permit = None
+        try:
+            permit = await self._reserve(prompt_tokens, max_tokens, label)
+            if self.gate:
+                from prefect.concurrency.asyncio import rate_limit
+                await rate_limit(self.gate, occupy=1, strict=True)
+            permit.sent_at = time.monotonic()
+            yield permit
+        finally:
+            self._give_slot()
+
+    async def _take_slot(self) -> None:
+        with _LOCK:
+            if self.slots.try_take():
+                return
+            fut = asyncio.get_running_loop().create_future()
+            self.slots.waiters.append((asyncio.get_running_loop(), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            with _LOCK:
+                entry = next((w for w in self.slots.waiters if w[1] is fut), None)
+                if entry:
+                    self.slots.waiters.remove(entry)
+            if fut.done() and not fut.cancelled():
+                self._give_slot()
+            raise
+
+    def _give_slot(self) -> None:
+        with _LOCK:
+            self.slots.in_use -= 1
+            self.slots.wake()
+
+    async def _reserve(self, prompt_tokens: int, max_tokens: int | None, label: str) -> Permit:
+        while True:  # ends: each pass either returns or sleeps until a pause another 429 set
+            with _LOCK:
+                now = time.monotonic()
+                p_est = max(1, round(prompt_tokens * self.prompt_ratio))
+                c_est = round(self.completion_mean.get(label, min(max_tokens or 1024, 1024)))
+                permit = Permit(label, p_est, c_est, prompt_raw=prompt_tokens, epoch=self.epoch)
+                start = max(now, self.blocked_until)
+                at = max([start] + [b.reserve(cost, start) for b, cost in
+                                    ((self.buckets["requests"], 1), (self.buckets["tokens"], permit.reserved)) if b])
+            if at > now:
+                await asyncio.sleep(at - now)
+            with _LOCK:
+                if self.epoch == permit.epoch:
+                    self.stats.requests += 1
+                    self.stats.tokens_estimated += permit.reserved
+                    return permit
+            # a 429 paused the endpoint while this reservation waited: the pause forgave it,
+            # so reserve again behind the pause instead of bursting when it ends
+            await asyncio.sleep(max(0.0, self.blocked_until - time.monotonic()))
+
+    # --- feedback ----------------------------------------------------------------------
+    def answered(self, permit: Permit, headers: Mapping[str, str] | None, usage: Mapping[str, Any] | None) -> None:
+        """An answer came back: learn limits, reconcile tokens, grow concurrency."""
+        with _LOCK:
+            if headers is not None:
+                self._learn(headers)
+            self.stats.successes += 1
+            self.backoff_level = 0
+            step = 1.0 if self.slow_start else 1.0 / max(1.0, self.slots.cap)
+            self.slots.cap = min(float(self.max_concurrency), self.slots.cap + step)
+            self.slots.wake()
+            if usage and not permit.settled:
+                permit.settled = True
+                p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                actual = int(usage.get("total_tokens") or p + c)
+                self.stats.tokens_reported += actual
+                bucket = self.buckets["tokens"]
+                if bucket is not None and permit.epoch == self.epoch:
+                    bucket.adjust(actual - permit.reserved)
+                if p and permit.prompt_raw:
+                    self.prompt_ratio = 0.8 * self.prompt_ratio + 0.2 * (p / permit.prompt_raw)
+                prev = self.completion_mean.get(permit.label)
+                self.completion_mean[permit.label] = c if prev is None else 0.8 * prev + 0.2 * c
+
+    def rate_limited(self, permit: Permit, headers: Mapping[str, str] | None) -> float:
+        """A 429: pause the endpoint, restart the buckets empty, halve concurrency once per
+        congestion event. Returns the pause in seconds."""
+        with _LOCK:
+            now = time.monotonic()
+            self.stats.rate_limited += 1
+            if headers is not None:
+                self._learn(headers)
+            wait = retry_after_s(headers or {})
+            if wait is None:  # no hint: full-jitter exponential backoff
+                wait = random.uniform(0, min(60.0, 0.5 * 2 ** self.backoff_level))
+                self.backoff_level += 1
+            until = now + wait
+            if until > self.blocked_until:
+                self.stats.paused_s += until - max(now, self.blocked_until)
+                self.blocked_until = until
+                for b in self.buckets.values():
+                    if b is not None:
+                        b.pause_until(until)
+                self.epoch += 1
+            self.slow_start = False
+            if permit.sent_at >= self.last_cut:
+                self.slots.cap = max(float(self.min_concurrency), self.slots.cap / 2)
+                self.last_cut = now
+                self.stats.cuts += 1
+            return wait
+
+    def _learn(self, headers: Mapping[str, str]) -> None:
+        if not self.learn_limits:
+            return
+        h = {k.lower(): v for k, v in headers.items()}
+        for kind in ("requests", "tokens"):
+            raw = h.get(f"x-ratelimit-limit-{kind}")
+            try:
+                limit = float(raw) if raw else None
+            except ValueError:
+                limit = None
+            if not limit or limit <= 0:
+                continue
+            conf = self.configured[kind]
+            target = min(limit, conf) if conf else limit
+            b = self.buckets[kind]
+            if b is None:
+                self.buckets[kind] = _Bucket(target, self.window_s, self.burst, self.headroom)
+                self.stats.learned[kind] = int(limit)
+            elif b.limit != target:
+                b.set_limit(target)
+                self.stats.learned[kind] = int(limit)
+
+    # --- reporting ---------------------------------------------------------------------
+    @property
+    def concurrency(self) -> float:
+        return self.slots.cap
+
+    def limits(self) -> dict[str, float | None]:
+        return {k: (b.limit if b else None) for k, b in self.buckets.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        with _LOCK:
+            return {"key": self.key, "limits": self.limits(), "concurrency": self.slots.cap,
+                    "in_flight": self.slots.in_use, "prompt_ratio": self.prompt_ratio,
+                    "completion_mean": dict(self.completion_mean), **self.stats.__dict__}
+
+
+_REGISTRY: dict[str, EndpointLimiter] = {}
+
+
+def limiter_for(key: str, **kwargs: Any) -> EndpointLimiter:
+    """The process-wide limiter of an endpoint, created on first use with `kwargs`."""
+    with _LOCK:
+        lim = _REGISTRY.get(key)
+        if lim is None:
+            lim = _REGISTRY[key] = EndpointLimiter(key, **kwargs)
+        return lim
+
+
+def reset_limiters() -> None:
+    """Forget every limiter (tests; a new configuration in the same process)."""
+    with _LOCK:
+        _REGISTRY.clear()
