@@ -80,3 +80,23 @@ def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], 
         refs.append(ref)
     return refs, counts
 
+
+
+class _ExpectedErrorsWithoutTraceback(logging.Filter):
+    """Bad input is reported as its message; a traceback would only bury the file and row."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import InputError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (InputError, ValueError)) and type(exc).__module__.startswith(("tasks", "flows", "storage")):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_expected_errors() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedErrorsWithoutTraceback) for f in lg.filters):
+            lg.addFilter(_ExpectedErrorsWithoutTraceback())

@@ -15,7 +15,7 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.common import StageResult, logger
+from flows.common import StageResult, logger, quiet_expected_errors
 from flows.config import STAGES, RunConfig, validate_config
 from storage.shards import ShardStore
 from tasks.errors import InputError
@@ -30,6 +30,7 @@ RUNNERS = {
     "assemble": ("flows.stage_assemble", "run_assemble"),
 }
 UPSTREAM = {"sample": None, "generate": "sample", "rate": "generate", "assemble": "rate"}
+quiet_expected_errors()
 
 
 def _runner(stage: str):

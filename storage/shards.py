@@ -43,6 +43,9 @@ class ShardRef:
 
 def table_hash(table: pa.Table) -> str:
     """Content hash of a table: stable for equal schema and values."""
+    # IPC of a slice can carry the parent's unused child buffers; `take` makes the
+    # buffers canonical so equal rows hash equal wherever they were sliced from.
+    table = table.take(pa.array(range(table.num_rows), type=pa.int64()))
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks())
