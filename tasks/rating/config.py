@@ -23,7 +23,8 @@ AnswerMode = Literal["text", "structured"]
 Aspect = Literal["instruction_following", "honesty", "truthfulness", "helpfulness"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY", "openai_compatible": "OPENAI_API_KEY"}
+# No default key for openai_compatible: an OpenAI key must never travel to another host unasked.
+_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
 _DEFAULT_URL_ENV = {"openai": "OPENAI_BASE_URL", "azure": "AZURE_OPENAI_ENDPOINT"}
 
 
@@ -58,7 +59,8 @@ class JudgeEndpoint(BaseModel):
     base_url_env: str | None = Field(None, description="Env var holding the base URL (default OPENAI_BASE_URL for openai, "
                                      "AZURE_OPENAI_ENDPOINT for azure)")
     api_key_env: str | None = Field(None, description="NAME of the env var holding the API key, never the key "
-                                    "(default OPENAI_API_KEY; azure AZURE_OPENAI_API_KEY)")
+                                    "(default: OPENAI_API_KEY for openai, AZURE_OPENAI_API_KEY for azure, none "
+                                    "otherwise)")
     api_version: str | None = Field(None, description="Azure OpenAI API version, e.g. 2024-10-21")
     deployment: str | None = Field(None, description="Azure OpenAI deployment name")
     answer_mode: AnswerMode = Field("structured", description="text: UltraFeedback text format; structured: JSON schema "
@@ -87,15 +89,18 @@ class JudgeEndpoint(BaseModel):
                 raise ValueError("api_version: required for kind azure")
         if self.kind == "openai_compatible" and not (self.base_url or self.base_url_env):
             raise ValueError("base_url: required for kind openai_compatible (or set base_url_env)")
+        # Written out so the run's manifest says which variables were read.
+        self.api_key_env = self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
+        self.base_url_env = self.base_url_env or _DEFAULT_URL_ENV.get(self.kind)
         return self
 
     @property
     def key_env(self) -> str | None:
-        return self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
+        return self.api_key_env
 
     @property
     def url_env(self) -> str | None:
-        return self.base_url_env or _DEFAULT_URL_ENV.get(self.kind)
+        return self.base_url_env
 
     @property
     def request_model(self) -> str:

@@ -53,11 +53,12 @@ class ParsedAnswer:
 
 
 _DECOR = r"[ \t>*_#\-`]*"
+_CLOSE = r"(?:(?:\*{1,2}|_{1,2})(?=\s|$))?"  # the closing half of **Label:**
 _HEADER = re.compile(rf"^{_DECOR}(?:output\s+for\s+)?text\s*(\d+){_DECOR}:?{_DECOR}$", re.I)
-_LABEL = re.compile(rf"^{_DECOR}(type|rationale(?:\s+for\s+(?:the\s+)?rating)?|rating)[ \t*_`]*:(.*)$", re.I)
+_LABEL = re.compile(rf"^{_DECOR}(type|rationale(?:\s+for\s+(?:the\s+)?rating)?|rating)[ \t*_`]*:{_CLOSE}(.*)$", re.I)
 _NUMBER = re.compile(r"^(n\s*/\s*a\b|na\b|-?\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?", re.I)
-_SCORE_LABEL = re.compile(rf"^{_DECOR}overall\s+score[ \t*_`]*:(.*)$", re.I)
-_FEEDBACK_LABEL = re.compile(rf"^{_DECOR}feedback[ \t*_`]*:(.*)$", re.I)
+_SCORE_LABEL = re.compile(rf"^{_DECOR}overall\s+score[ \t*_`]*:{_CLOSE}(.*)$", re.I)
+_FEEDBACK_LABEL = re.compile(rf"^{_DECOR}feedback[ \t*_`]*:{_CLOSE}(.*)$", re.I)
 
 
 def _strip_value(value: str) -> str:

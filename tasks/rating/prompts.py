@@ -61,7 +61,8 @@ def format_instructions(aspect: str, n: int, mode: str) -> str:
                   '"rating" and "rationale"') if typed else '"rating" and "rationale"'
         scale = '"1" to "5" or "N/A"' if aspect in NA_ASPECTS else '"1" to "5"'
         return rubrics.STRUCTURED_ASPECT.format(n=n, fields=fields, scale=scale)
-    more = f"\n(then the same block for Text 2 up to Text {n})" if n > 1 else ""
+    more = "" if n == 1 else "\n(then the same block for Text 2)" if n == 2 else \
+        f"\n(then the same block for each of Text 2 to Text {n})"
     template = rubrics.TEXT_FORMAT_TYPED if typed else rubrics.TEXT_FORMAT_PLAIN
     return template.format(first=1, scale=_scale(aspect), more=more).rstrip("\n")
 
@@ -82,7 +83,7 @@ def aspect_user_message(aspect: str, instruction: str, texts: Sequence[str], mod
 def critique_user_message(instruction: str, response: str, system_prompt: str, mode: str,
                           note: str | None = None) -> str:
     parts = [aspect_header(CRITIQUE), rubrics.CRITIQUE,
-             f"Note the answer was written under:\n{_clean(system_prompt) or '(none)'}",
+             f"Guidance the answer was given:\n{_clean(system_prompt) or '(none)'}",
              f"Instruction:\n<instruction>\n{_clean(instruction)}\n</instruction>",
              f"Answer:\n{fence_response(response)}",
              format_instructions(CRITIQUE, 1, mode)]
@@ -91,8 +92,9 @@ def critique_user_message(instruction: str, response: str, system_prompt: str, m
     return "\n\n".join(parts)
 
 
-def reask_note(reason: str) -> str:
-    return rubrics.REASK.format(reason=reason.rstrip("."))
+def reask_note(reason: str, attempt: int = 2) -> str:
+    """The note appended to a re-ask; the attempt number keeps each re-ask a new request."""
+    return rubrics.REASK.format(reason=reason.rstrip("."), attempt=attempt)
 
 
 def messages(user: str) -> list[dict[str, str]]:

@@ -83,7 +83,7 @@ Task: you are given an instruction and one answer to it. Write specific, constru
 feedback on the answer: what it does well, what is wrong or missing, and how to
 improve it. Judge helpfulness, truthfulness, honesty and how well the answer follows
 the instruction. Give feedback only; do not write an improved answer yourself.
-The answer was written under the note below; check whether it honoured the note too.
+The answer was written following the guidance below; check whether it honoured it too.
 Then give an overall score from 1 (worst) to 10 (best), a whole number."""
 
 TEXT_FORMAT_PLAIN = """\
@@ -122,4 +122,5 @@ Answer with one JSON object with "feedback" (your feedback) and "overall_score"
 
 REASK_LEAD = "A previous answer to this request could not be read:"
 REASK = REASK_LEAD + """ {reason}.
-Answer again, following the requested format exactly, and give only the formatted answer."""
+Answer again (attempt {attempt}), following the requested format exactly, and give only
+the formatted answer."""

@@ -168,7 +168,7 @@ def rate_shard(instructions: pa.Table, completions: pa.Table, cfg: RatingConfig,
         for attempt in range(cfg.reasks + 1):
             bodies = {}
             for call in pending:
-                note = None if attempt == 0 else prompts.reask_note(call.parsed.reason or "unreadable")
+                note = None if attempt == 0 else prompts.reask_note(call.parsed.reason or "unreadable", attempt + 1)
                 body = _body(call, cfg, note)
                 call.request_id = prompts.request_id(body)
                 bodies[call.request_id] = body

@@ -1,0 +1,39 @@
+"""Rates the test shard slowly, logging each request id before answering it, so a test can
+SIGKILL it mid-shard. Run: python -m tests.rating.crash_worker JOURNAL SENT_LOG"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from storage.schemas import to_table
+from tasks.backends.scripted_judge import ScriptedJudge
+from tasks.rating.config import RatingConfig
+from tasks.rating.journal import Journal
+from tasks.rating.stage import rate_shard
+from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row
+
+
+class SlowLoggingJudge(ScriptedJudge):
+    def __init__(self, log_path: str):
+        super().__init__()
+        self.log = open(log_path, "a")
+
+    def _answer(self, req):
+        self.log.write(req["custom_id"] + "\n")
+        self.log.flush()
+        os.fsync(self.log.fileno())
+        time.sleep(0.05)
+        return super()._answer(req)
+
+
+def shard():
+    comps = [completion_row(q["prompt_id"], i, a) for q, ans in zip(QUESTIONS, ANSWERS) for i, a in enumerate(ans)]
+    return to_table(QUESTIONS, "instructions"), to_table(comps, "completions")
+
+
+CFG = {"endpoints": [{"name": "s", "kind": "scripted", "model": "gpt-4o", "answer_mode": "text"}], "judge": "s"}
+
+if __name__ == "__main__":
+    journal, log = sys.argv[1], sys.argv[2]
+    rate_shard(*shard(), RatingConfig.model_validate(CFG), 42, SlowLoggingJudge(log), Journal(journal))
