@@ -10,8 +10,10 @@ Failure policy (the orchestrator owns retries):
   of waiting in total per request; past that, RateLimitedError ends the run.
 - Any other HTTP error or a timeout: an error record for that request (data, not an
   exception); the stage decides whether the shard as a whole is good enough.
-- Connection refused or dropped: the endpoint is gone, so the whole run raises
-  (EngineDiedError for an engine we launched, TransientError for an external endpoint).
+- Connection refused: the endpoint is gone, so the whole run raises (EngineDiedError for
+  an engine we launched, TransientError for an external endpoint). A dropped connection
+  raises the same when the launched engine no longer answers its health check, and is an
+  error record otherwise.
 
 The asyncio loop runs in a private thread, so `run` is a plain iterator usable from
 synchronous Prefect tasks and from code that already runs an event loop.
@@ -35,6 +37,7 @@ class OpenAICompatBackend:
                  timeout_s: float = 900, requests_per_minute: float | None = None,
                  max_rate_limit_wait_s: float = 300, launched: bool = False,
                  alive: Callable[[], bool] | None = None):
+        # alive: for a launched engine, a (blocking) check that it still runs and answers.
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -142,8 +145,13 @@ class OpenAICompatBackend:
                     resp = await client.post(self._url(req["url"]), json=req["body"])
             except httpx.TimeoutException as exc:
                 return _error(cid, "timeout", f"{type(exc).__name__} after {self.timeout_s}s", started)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            except httpx.ConnectError as exc:
                 raise self._gone(exc) from None
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                # A dropped connection is the engine dying, or one bad answer: ask the engine.
+                if self.launched and (self.alive is None or not await asyncio.to_thread(self.alive)):
+                    raise self._gone(exc) from None
+                return _error(cid, "connection_dropped", f"{type(exc).__name__}: {exc}", started)
             if resp.status_code == 429:
                 delay = _retry_after(resp.headers.get("retry-after"))
                 if waited + delay > self.max_rate_limit_wait_s:
@@ -156,6 +164,8 @@ class OpenAICompatBackend:
                 body = resp.json()
             except ValueError:
                 body = {"text": resp.text[:2000]}
+                if resp.status_code == 200:
+                    return _error(cid, "bad_response", f"200 with a body that is not JSON: {resp.text[:200]!r}", started)
             if resp.status_code == 200:
                 return result_ok(cid, body, time.monotonic() - started)
             message = str((body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else body)[:500]
@@ -165,8 +175,7 @@ class OpenAICompatBackend:
 
     def _gone(self, exc: Exception) -> TransientError:
         if self.launched:
-            state = "exited" if self.alive is not None and not self.alive() else "stopped answering"
-            return EngineDiedError(f"engine {self.name} {state}: {type(exc).__name__}: {exc}")
+            return EngineDiedError(f"engine {self.name} stopped answering: {type(exc).__name__}: {exc}")
         return TransientError(f"endpoint {self.base_url} unreachable: {type(exc).__name__}: {exc}")
 
 

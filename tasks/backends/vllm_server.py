@@ -116,6 +116,16 @@ class VLLMServerBackend:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def healthy(self) -> bool:
+        """Running and answering /health (a server shutting down still runs for seconds)."""
+        if not self.alive():
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=3) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
     def __enter__(self) -> "VLLMServerBackend":
         check_engine(self.python, self.model)
         self.port = free_port()
@@ -160,7 +170,7 @@ class VLLMServerBackend:
         if not self.alive():
             raise EngineDiedError(f"vLLM server {self.name} is not running; log {self.log_path}:\n{tail(self.log_path)}")
         client = OpenAICompatBackend(self.name, self.base_url, concurrency=self.concurrency,
-                                     timeout_s=self.request_timeout_s, launched=True, alive=self.alive)
+                                     timeout_s=self.request_timeout_s, launched=True, alive=self.healthy)
         yield from client.run(requests)
         if not self.alive():
             raise EngineDiedError(f"vLLM server {self.name} exited; log {self.log_path}:\n{tail(self.log_path)}")
