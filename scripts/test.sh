@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from nothing: project environment with test extras, the local CPU
+# vLLM engine and model (for the tests marked `vllm`), then pytest.
+#   bash scripts/test.sh [pytest args]      e.g. -m "not vllm" for the fast part only
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+bash scripts/bootstrap.sh test
+if [[ "${UF_SKIP_ENGINE:-0}" != "1" ]]; then
+  bash scripts/setup_local.sh
+fi
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d)}"
+set +e
+"${UF_VENV:-$REPO/.venv}/bin/python" -m pytest -ra "$@"
+rc=$?
+set -e
+if [[ $rc -eq 5 ]]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit $rc
