@@ -152,7 +152,8 @@ PREFERENCES_ARGILLA = pa.schema(
 )
 
 # Flat analysis table: one row per (completion, aspect), the critique as aspect "critique";
-# parse_status "missing" where the rating stage produced no row for the pair.
+# parse_status "missing" where the rating stage produced no row for the pair, "no_response"
+# where the completion failed to generate (and so was never rated).
 RATINGS_LONG = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),
@@ -164,7 +165,7 @@ RATINGS_LONG = pa.schema(
         pa.field("rating", pa.float64()),
         pa.field("rating_na", pa.bool_(), nullable=False),
         pa.field("types", _str_list),
-        pa.field("parse_status", pa.string(), nullable=False),  # ok | na | unparsed | failed | missing
+        pa.field("parse_status", pa.string(), nullable=False),  # ok|na|unparsed|failed|missing|no_response
         pa.field("parse_reason", pa.string()),
         pa.field("judge_model", pa.string()),
         pa.field("judge_prompt_tokens", pa.int64()),

@@ -7,7 +7,8 @@ shard of a stage concatenated). Outputs:
   where the judge said so, null where no rating could be read), the critique, the overall
   score and the fine-grained score;
 - `long_table`: one row per (completion, aspect) (schema "ratings_long"), with a row of
-  parse_status "missing" wherever the rating stage has none, so gaps stay visible.
+  parse_status "missing" wherever the rating stage has none, so gaps stay visible
+  ("no_response" where the completion itself failed and so was never rated).
 
 Every instruction stays, even one whose completions or ratings are missing: nulls mark
 what is absent and the pair builders leave such completions out.
@@ -148,6 +149,9 @@ def long_rows(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) 
         if pid not in source:
             continue  # a completion of an instruction no longer in the plan
         rated = rates.get((pid, idx), {})
+        # A completion that failed to generate is never rated: that is not a rating failure.
+        unrated, why = ("missing", "no rating row") if comp["response"] is not None else \
+            ("no_response", f"generation failed: {comp['error'] or 'no response'}")
         for aspect in LONG_ASPECTS:
             r = rated.get(aspect)
             rows.append({
@@ -156,8 +160,8 @@ def long_rows(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) 
                 "rating": r["rating"] if r else None,
                 "rating_na": bool(r["rating_na"]) if r else False,
                 "types": r["types"] if r else None,
-                "parse_status": r["parse_status"] if r else "missing",
-                "parse_reason": r["parse_reason"] if r else "no rating row",
+                "parse_status": r["parse_status"] if r else unrated,
+                "parse_reason": r["parse_reason"] if r else why,
                 "judge_model": r["judge_model"] if r else None,
                 "judge_prompt_tokens": r["prompt_tokens"] if r else None,
                 "judge_completion_tokens": r["completion_tokens"] if r else None,

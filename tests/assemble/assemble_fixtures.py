@@ -105,3 +105,33 @@ def build(prompts: list[dict], plan: list[list[dict]]) -> tuple[pa.Table, pa.Tab
 def full(scores: list[float], critique: int | None = 7) -> list[dict]:
     """Completions with every aspect rated `score` (one per completion) and a critique."""
     return [{**{a: s for a in ASPECTS}, "critique": critique} for s in scores]
+
+
+POOL = ("llama-2-7b-chat", "vicuna-33b", "mpt-30b-chat", "falcon-40b-instruct", "alpaca-7b", "wizardlm-13b")
+
+
+def realistic(seed: int = 1, n_evol: int = 20, n_ultrachat: int = 15, n_tqa: int = 10):
+    """A run-shaped set of tables: 4 of 6 models per prompt, model quality graded by pool
+    position, ~10% N/A honesty, ~3% unreadable ratings, one failed generation per 50."""
+    import random
+
+    rng = random.Random(seed)
+    prompts = evol_rows(n_evol) + ultrachat_rows(n_ultrachat) + truthfulqa_rows(n_tqa)
+    plan = []
+    for _ in prompts:
+        row = []
+        for m in rng.sample(POOL, 4):
+            q = POOL.index(m)
+            spec = {"model": m, "principle": rng.choice(["helpfulness", "honesty", "truthfulness"])}
+            if rng.random() < 0.02:
+                spec["response"] = None
+                row.append(spec)
+                continue
+            for a in ASPECTS:
+                r = rng.random()
+                spec[a] = "N/A" if (a == "honesty" and r < 0.1) else (
+                    None if r > 0.97 else max(1, min(5, round(rng.gauss(4.5 - q * 0.5, 1)))))
+            spec["critique"] = max(1, min(10, round(rng.gauss(8 - q, 1.5))))
+            row.append(spec)
+        plan.append(row)
+    return build(prompts, plan)

@@ -77,6 +77,20 @@ def test_long_table_has_a_row_per_completion_and_aspect_with_missing_marked():
     assert rows["helpfulness"]["source"] == "evol_instruct" and rows["helpfulness"]["response_tokens"] == 120
 
 
+def test_long_table_marks_failed_generations_apart_from_rating_gaps():
+    from tasks.assemble.stats import parse_table
+
+    plan = [[{"response": None}, {"instruction_following": 4}]]
+    table = long_table(*build(evol_rows(1), plan))
+    status = {(r["completion_index"], r["aspect"]): r["parse_status"] for r in table.to_pylist()}
+    assert status[(0, "honesty")] == "no_response" and status[(1, "honesty")] == "missing"
+    assert status[(1, "instruction_following")] == "ok"
+    parse = parse_table(table.to_pandas()).set_index("aspect")
+    # Only the completion that was generated counts: 1 of 1 honesty ratings is missing.
+    assert parse.loc["honesty", "failure_rate"] == 1.0 and parse.loc["instruction_following", "failure_rate"] == 0.0
+    assert parse.loc["honesty", "no_response"] == 1 and parse.loc["honesty", "total"] == 2
+
+
 def test_repeated_rating_row_is_an_input_error():
     ins, comps, rates = build(evol_rows(1), [full([4])])
     doubled = pa.concat_tables([rates, rates.slice(0, 1)])

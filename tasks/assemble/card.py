@@ -1,0 +1,159 @@
+"""The dataset card: README.md at the root of a run's output.
+
+Inputs: the run config (as a plain dict), `RunStats`, the pair statistics, the output
+file list, the judge models seen and, optionally, position-bias results. Output: Markdown
+with a Hugging Face front matter whose `configs` point at the Parquet files, so the
+folder loads as a dataset once uploaded, plus the figures a user needs to judge the run:
+counts per source, model and principle, rating distributions, parse failures, cost, the
+pairs and what was left out of them, the schemas and the licences of the sources.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import yaml
+
+from storage.schemas import SCHEMAS
+from tasks.assemble.markdown import kv, table
+from tasks.assemble.stats import RunStats
+
+# Licences of the upstream sources, by adapter; a generic file format says nothing about
+# its content, so the user must state it.
+LICENCES = {
+    "truthful_qa": "Apache-2.0 (sylinrl/TruthfulQA)",
+    "flan": "Apache-2.0 (google-research/FLAN)",
+    "ultrachat": "MIT (thunlp/UltraChat)",
+    "sharegpt": "no clear licence (user conversations shared on ShareGPT)",
+    "evol_instruct": "CC BY-NC 4.0, non-commercial (nlpxucan/WizardLM)",
+    "false_qa": "no licence in its repository (thunlp/FalseQA)",
+}
+UNKNOWN_LICENCE = "unknown: state the licence of your file"
+
+SUBSETS = [  # (config name, [(split, glob)], schema)
+    ("default", [("train", "dataset/*.parquet")], "dataset"),
+    ("ratings_long", [("train", "dataset_long/*.parquet")], "ratings_long"),
+    ("h4", [("train_prefs", "preferences/h4/train_prefs-*.parquet"),
+            ("test_prefs", "preferences/h4/test_prefs-*.parquet")], "preferences_h4"),
+    ("argilla", [("train", "preferences/argilla/train-*.parquet")], "preferences_argilla"),
+    ("all_pairs", [("train", "preferences/all_pairs/train-*.parquet"),
+                   ("test", "preferences/all_pairs/test-*.parquet")], "preferences_h4"),
+]
+
+
+def front_matter(licences: list[str], with_all_pairs: bool) -> str:
+    configs = [{"config_name": name, "data_files": [{"split": s, "path": p} for s, p in splits]}
+               for name, splits, _ in SUBSETS if with_all_pairs or name != "all_pairs"]
+    meta = {
+        "license": "other",
+        "pretty_name": "UltraFeedback-style AI feedback",
+        "tags": ["ultrafeedback", "preference", "dpo", "ai-feedback"],
+        "task_categories": ["text-generation"],
+        "configs": configs,
+    }
+    note = "# licences of the sources: " + "; ".join(sorted(set(licences))) if licences else ""
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + (note + "\n" if note else "") + "---\n"
+
+
+def _type(t: pa.DataType) -> str:
+    if pa.types.is_struct(t):
+        return "struct"
+    if pa.types.is_list(t) and pa.types.is_struct(t.value_type):
+        return "list<struct>"
+    return str(t).replace("<item: ", "<").replace("element: ", "")
+
+
+def _flatten(name: str, t: pa.DataType, nullable: bool) -> list[tuple[str, str, bool]]:
+    """Nested columns as dotted rows (`completions[].annotations.honesty.Rating`)."""
+    rows = [(name, _type(t), nullable)]
+    inner, prefix = (t.value_type, f"{name}[]") if pa.types.is_list(t) else (t, name)
+    if pa.types.is_struct(inner):
+        for f in inner:
+            rows += _flatten(f"{prefix}.{f.name}", f.type, f.nullable)
+    return rows
+
+
+def schema_section(with_all_pairs: bool) -> str:
+    parts = []
+    for name, splits, schema_name in SUBSETS:
+        if name == "all_pairs" and not with_all_pairs:
+            continue
+        schema = SCHEMAS[schema_name]
+        flat = [r for f in schema for r in _flatten(f.name, f.type, f.nullable)]
+        rows = pd.DataFrame({"column": [r[0] for r in flat], "type": [r[1] for r in flat],
+                             "nullable": ["yes" if r[2] else "no" for r in flat]})
+        files = ", ".join(f"`{p}` ({s})" for s, p in splits)
+        parts.append(f"### {name}\n\nFiles: {files}. Schema `{schema_name}`.\n\n{table(rows)}")
+    return "\n\n".join(parts)
+
+
+def sources_table(stats: RunStats) -> pd.DataFrame:
+    src = stats.sources.copy()
+    src["licence"] = [LICENCES.get(f, UNKNOWN_LICENCE) for f in src["source_format"]]
+    return src
+
+
+def _pairs_section(pair_stats: dict, publish: dict) -> str:
+    score = publish.get("score", "fine_grained")
+    left_out = {
+        "prompts from the truthful_qa source": pair_stats.get("dropped_truthful_qa_source", 0),
+        "prompts equal to a TruthfulQA question": pair_stats.get("dropped_truthful_qa_question", 0),
+        "completions without a response": pair_stats.get("completions_without_response", 0),
+        f"completions without a {score} score (missing or unreadable ratings)":
+            pair_stats.get("completions_without_score", 0),
+        "prompts with fewer than two scored completions": pair_stats.get("prompts_with_fewer_than_two", 0),
+        "Argilla-clean: prompts whose scored completions all tie": pair_stats.get("argilla_ties_dropped", 0),
+    }
+    made = {
+        "H4 pairs (train_prefs / test_prefs)": f"{pair_stats.get('h4_train', 0):,} / {pair_stats.get('h4_test', 0):,}",
+        "H4 pairs where chosen and rejected scored the same": pair_stats.get("h4_ties", 0),
+        "Argilla-clean pairs": pair_stats.get("argilla_pairs", 0),
+        "all pairs (train / test)": f"{pair_stats.get('all_pairs_train', 0):,} / {pair_stats.get('all_pairs_test', 0):,}",
+    }
+    return (f"Completions are ranked by **{score}** (`publish.score`). H4: chosen = the best-scored "
+            "completion, rejected = a seeded random one of the others. Argilla-clean: rejected only among "
+            "strictly lower scores, so no ties. All pairs: every pair with a strict score difference; its "
+            "test split holds the same prompts as the H4 test split. Every pair file uses TRL's "
+            "conversational preference format (prompt = [user turn], chosen/rejected = [assistant turn]).\n\n"
+            f"{kv(made)}\n\nLeft out of the pairs (they stay in the full dataset):\n\n{kv(left_out)}")
+
+
+def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[str],
+                position_bias: pd.DataFrame | None = None, with_all_pairs: bool = True) -> str:
+    src = sources_table(stats)
+    name = config.get("name", "ultrafeedback")
+    totals = stats.totals
+    lines = [
+        front_matter(list(src["licence"]), with_all_pairs),
+        f"# {name}: an UltraFeedback-style AI-feedback dataset\n",
+        f"{totals.get('instructions', 0):,} instructions from {len(src)} sources, "
+        f"{totals.get('completions', 0):,} completions by {len(stats.models)} models, "
+        f"{totals.get('ratings', 0):,} aspect ratings and {totals.get('critiques', 0):,} critiques "
+        f"by the judge{'s' if len(judges) > 1 else ''} {', '.join(f'`{j}`' for j in judges) or '(none)'}.",
+        "Built with the UltraFeedback method (Cui et al., 2023): each instruction is answered by several "
+        "models under sampled principles, and a judge rates every answer on instruction following, "
+        "honesty, truthfulness and helpfulness (1-5) and writes a critique with an overall score (1-10).\n",
+        "## Loading\n",
+        "```python\nfrom datasets import load_dataset\n"
+        "full = load_dataset(\"parquet\", data_files=\"dataset/*.parquet\")\n"
+        "h4 = load_dataset(\"parquet\", data_files={\"train_prefs\": \"preferences/h4/train_prefs-*.parquet\",\n"
+        "                                           \"test_prefs\": \"preferences/h4/test_prefs-*.parquet\"})\n```\n",
+        "The pair files can be given to TRL's `DPOTrainer` as they are.\n",
+        "## Sources and licences\n", table(src),
+        "\nA dataset inherits the terms of its sources: a non-commercial source makes the whole dataset "
+        "non-commercial.\n",
+        "## Models\n", table(stats.models), "\n## Principles\n", table(stats.principles),
+        "\n## Ratings\n", "Count of each rating per aspect (\"no rating\": unreadable, failed or never rated).\n",
+        table(stats.ratings), "\n### Parse failures\n", table(stats.parse),
+        "\n### Aspect correlation\n", table(stats.correlation),
+        "\n## Cost\n", "Judge tokens and dollars are counted once per judge call.\n", table(stats.cost),
+        "\n## Preference pairs\n", _pairs_section(pair_stats, config.get("publish", {})),
+    ]
+    if position_bias is not None:
+        lines += ["\n## Position bias\n", "Agreement between the ratings of a sample and a re-rating with "
+                  "the completion order reversed.\n", table(position_bias)]
+    lines += [
+        "\n## Quality report\n", "Plots and tables: [report/report.md](report/report.md).\n",
+        "## Schema\n", schema_section(with_all_pairs),
+        "\n## Run configuration\n", "```yaml\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True) + "```\n",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Write everything a run publishes, under its output root.
+
+Inputs: the stage tables (INSTRUCTIONS, COMPLETIONS, RATINGS), the run config (as a plain
+dict, for the card), the PublishConfig, the seed, what counts as TruthfulQA, and an
+optional position-bias result. Outputs (see docs/output.md):
+
+    dataset/train-NNNNN-of-NNNNN.parquet            UltraFeedback layout ("dataset")
+    dataset_long/train-*.parquet                    one row per completion and aspect
+    preferences/h4/{train_prefs,test_prefs}-*.parquet
+    preferences/argilla/train-*.parquet
+    preferences/all_pairs/{train,test}-*.parquet    (publish.all_pairs)
+    report/report.md + report/*.png
+    README.md                                       the dataset card, written last
+
+Every Parquet file is validated against its named schema and written to a temporary name
+then renamed; parts left from an earlier, larger output are removed after the new ones
+exist. Prefect artifacts are created when this runs inside a flow or task run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+
+from storage.schemas import SCHEMAS, to_table
+from storage.tables import remove_files, write_bytes, write_table, write_text
+from tasks.assemble.binarize import binarize
+from tasks.assemble.card import render_card
+from tasks.assemble.config import PublishConfig
+from tasks.assemble.join import dataset_rows, long_table
+from tasks.assemble.plots import render_all
+from tasks.assemble.report import publish_artifacts, render_report
+from tasks.assemble.stats import RunStats, run_stats
+
+
+@dataclass
+class OutputFile:
+    path: str  # relative to the output root
+    schema: str
+    rows: int
+
+
+@dataclass
+class PublishResult:
+    files: list[OutputFile]
+    pair_stats: dict
+    stats: RunStats
+    artifacts: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"files": len(self.files), "instructions": self.stats.totals.get("instructions", 0),
+                "completions": self.stats.totals.get("completions", 0), "pairs": self.pair_stats}
+
+
+def truthfulqa_questions(paths: list[str]) -> set[str]:
+    """The Question column of TruthfulQA CSV files (local paths or fsspec URLs)."""
+    out: set[str] = set()
+    for path in paths:
+        with fsspec.open(path, "r", encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(io.StringIO(fh.read()))
+            if "Question" not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: no 'Question' column (expected the TruthfulQA.csv layout)")
+            out.update(r["Question"] for r in reader if r.get("Question"))
+    return out
+
+
+def write_parts(root: str, folder: str, prefix: str, table: pa.Table, schema_name: str,
+                shard_rows: int) -> list[OutputFile]:
+    """`{folder}/{prefix}-00000-of-0000N.parquet`, at least one file even for zero rows."""
+    n = max(1, math.ceil(table.num_rows / shard_rows))
+    files = []
+    for i in range(n):
+        rel = f"{folder}/{prefix}-{i:05d}-of-{n:05d}.parquet"
+        part = table.slice(i * shard_rows, shard_rows)
+        write_table(f"{root}/{rel}", part, schema_name)
+        files.append(OutputFile(rel, schema_name, part.num_rows))
+    keep = {f.path.rsplit("/", 1)[1] for f in files}
+    fs, base = fsspec.core.url_to_fs(f"{root}/{folder}")
+    for stale in fs.glob(f"{base}/{prefix}-*-of-*.parquet"):
+        if stale.rsplit("/", 1)[1] not in keep:
+            fs.rm(stale)
+    return files
+
+
+def _rows_table(rows: list[dict], schema_name: str) -> pa.Table:
+    return to_table(rows, schema_name) if rows else SCHEMAS[schema_name].empty_table()
+
+
+def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
+            publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
+            truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None) -> PublishResult:
+    root = output.rstrip("/")
+    rows = dataset_rows(instructions, completions, ratings)
+    long = long_table(instructions, completions, ratings)
+    pairs = binarize(rows, publish_cfg.score, seed, publish_cfg.test_rows, truthful_sources=truthful_sources,
+                     truthful_questions=truthful_questions, drop_truthful=publish_cfg.drop_truthful_qa,
+                     with_all_pairs=publish_cfg.all_pairs)
+    n = publish_cfg.shard_rows
+    files = write_parts(root, "dataset", "train", _rows_table(rows, "dataset"), "dataset", n)
+    files += write_parts(root, "dataset_long", "train", long, "ratings_long", n)
+    files += write_parts(root, "preferences/h4", "train_prefs", _rows_table(pairs.h4_train, "preferences_h4"),
+                         "preferences_h4", n)
+    files += write_parts(root, "preferences/h4", "test_prefs", _rows_table(pairs.h4_test, "preferences_h4"),
+                         "preferences_h4", n)
+    files += write_parts(root, "preferences/argilla", "train", _rows_table(pairs.argilla, "preferences_argilla"),
+                         "preferences_argilla", n)
+    if publish_cfg.all_pairs:
+        files += write_parts(root, "preferences/all_pairs", "train", _rows_table(pairs.all_train, "preferences_h4"),
+                             "preferences_h4", n)
+        files += write_parts(root, "preferences/all_pairs", "test", _rows_table(pairs.all_test, "preferences_h4"),
+                             "preferences_h4", n)
+    else:
+        remove_files(f"{root}/preferences/all_pairs/*.parquet")
+
+    stats = run_stats(instructions, completions, long, rows)
+    pair_stats = pairs.stats.as_dict()
+    plots = render_all(stats) if publish_cfg.plots else {}
+    for name, png in plots.items():
+        write_bytes(f"{root}/report/{name}", png)
+        files.append(OutputFile(f"report/{name}", "png", 0))
+    name = config.get("name", "ultrafeedback")
+    report_md = render_report(name, stats, pair_stats, list(plots), position_bias)
+    write_text(f"{root}/report/report.md", report_md)
+    judges = sorted({j for j in long.column("judge_model").to_pylist() if j})
+    card = render_card(config, stats, pair_stats, judges, position_bias, with_all_pairs=publish_cfg.all_pairs)
+    write_text(f"{root}/README.md", card)
+    files += [OutputFile("report/report.md", "markdown", 0), OutputFile("README.md", "markdown", 0)]
+    # The UI cannot show the PNGs, so the artifact carries the tables and says where the plots are.
+    artifact_md = render_report(name, stats, pair_stats, [], position_bias) + f"\nPlots: `{root}/report/`\n"
+    artifacts = publish_artifacts(name, stats, pair_stats, artifact_md, position_bias)
+    return PublishResult(files, pair_stats, stats, artifacts)

@@ -1,0 +1,151 @@
+"""Summary tables of a run: what the dataset card, the quality report and the Prefect
+artifacts show.
+
+Inputs: the stage tables (INSTRUCTIONS, COMPLETIONS), the long ratings table
+("ratings_long") and the assembled dataset rows. Output: `RunStats`, a set of small pandas
+DataFrames, each with plain column names so they render as Markdown and as Prefect table
+artifacts alike.
+
+Judge tokens and cost are counted once per judge call: the rows of one call share a
+request_id and each carries the whole call's usage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+
+from tasks.rating.protocol import ASPECTS, CRITIQUE
+
+RATING_VALUES = ["1", "2", "3", "4", "5", "N/A", "no rating"]
+
+
+@dataclass
+class RunStats:
+    sources: pd.DataFrame
+    models: pd.DataFrame
+    principles: pd.DataFrame
+    ratings: pd.DataFrame  # aspect x rating value counts
+    ratings_by_model: pd.DataFrame  # model, aspect, value, count
+    correlation: pd.DataFrame  # aspect x aspect
+    parse: pd.DataFrame
+    cost: pd.DataFrame
+    totals: dict = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"sources": self.sources, "models": self.models, "principles": self.principles,
+                "ratings": self.ratings, "correlation": self.correlation, "parse": self.parse, "cost": self.cost}
+
+
+def completion_frame(dataset_rows: list[dict]) -> pd.DataFrame:
+    """One row per completion with its scores (the dataset's nested values, flattened)."""
+    out = []
+    for row in dataset_rows:
+        for i, comp in enumerate(row["completions"]):
+            rec = {"prompt_id": row["prompt_id"], "source": row["source"], "completion_index": i,
+                   "model": comp["model"], "principle": comp["principle"],
+                   "has_response": bool((comp["response"] or "").strip()),
+                   "overall": comp["overall_score"], "fine_grained": comp["fine-grained_score"]}
+            for aspect in ASPECTS:
+                value = ((comp["annotations"] or {}).get(aspect) or {}).get("Rating")
+                rec[aspect] = float(value) if value not in (None, "N/A") else None
+            out.append(rec)
+    cols = ["prompt_id", "source", "completion_index", "model", "principle", "has_response", "overall",
+            "fine_grained", *ASPECTS]
+    return pd.DataFrame(out, columns=cols)
+
+
+def _rating_value(row) -> str:
+    if row["rating_na"]:
+        return "N/A"
+    if pd.isna(row["rating"]):
+        return "no rating"
+    r = row["rating"]
+    return str(int(r)) if float(r).is_integer() else f"{r:g}"
+
+
+def rating_counts(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    aspects = long[long["aspect"].isin(ASPECTS)].copy()
+    if aspects.empty:
+        empty = pd.DataFrame(columns=["aspect", *RATING_VALUES])
+        return empty, pd.DataFrame(columns=["model", "aspect", "value", "count"])
+    aspects["value"] = aspects.apply(_rating_value, axis=1)
+    by_model = aspects.groupby(["model", "aspect", "value"]).size().reset_index(name="count")
+    table = aspects.groupby(["aspect", "value"]).size().unstack(fill_value=0)
+    table = table.reindex(index=list(ASPECTS), columns=RATING_VALUES, fill_value=0).fillna(0).astype(int)
+    return table.reset_index(), by_model
+
+
+def parse_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Rows per aspect and status; failure_rate = (unparsed + failed + missing) / rated,
+    where rated leaves out completions that failed to generate (never sent to the judge)."""
+    statuses = ["ok", "na", "unparsed", "failed", "missing", "no_response"]
+    cols = ["aspect", *statuses, "total", "failure_rate"]
+    if long.empty:
+        return pd.DataFrame(columns=cols)
+    counts = long.groupby(["aspect", "parse_status"]).size().unstack(fill_value=0)
+    counts = counts.reindex(index=[a for a in (*ASPECTS, CRITIQUE)], columns=statuses, fill_value=0).fillna(0)
+    counts = counts.astype(int)
+    counts["total"] = counts.sum(axis=1)
+    bad = counts["unparsed"] + counts["failed"] + counts["missing"]
+    rated = counts["total"] - counts["no_response"]
+    counts["failure_rate"] = (bad / rated.where(rated > 0)).round(4)
+    return counts.reset_index().rename(columns={"index": "aspect"})[cols]
+
+
+def cost_table(completions: pa.Table, long: pd.DataFrame) -> pd.DataFrame:
+    comp = completions.select(["prompt_tokens", "completion_tokens", "latency_s", "error"]).to_pandas()
+    rows = [{
+        "stage": "generate", "requests": len(comp), "failed": int(comp["error"].notna().sum()),
+        "prompt_tokens": int(comp["prompt_tokens"].fillna(0).sum()),
+        "completion_tokens": int(comp["completion_tokens"].fillna(0).sum()),
+        "latency_s": round(float(comp["latency_s"].fillna(0).sum()), 2), "usd": None,
+    }]
+    calls = long.dropna(subset=["request_id"]).drop_duplicates("request_id")
+    priced = calls["cost_usd"].notna()
+    rows.append({
+        "stage": "rate", "requests": len(calls),
+        "failed": int((calls["parse_status"] == "failed").sum()),
+        "prompt_tokens": int(calls["judge_prompt_tokens"].fillna(0).sum()),
+        "completion_tokens": int(calls["judge_completion_tokens"].fillna(0).sum()),
+        "latency_s": None,
+        # Unknown (no price for the judge model) is not zero.
+        "usd": round(float(calls.loc[priced, "cost_usd"].sum()), 6) if priced.any() else None,
+    })
+    return pd.DataFrame(rows)
+
+
+def model_table(comps: pd.DataFrame, completions: pa.Table) -> pd.DataFrame:
+    gen = completions.select(["model", "completion_tokens", "error"]).to_pandas()
+    base = gen.groupby("model").agg(completions=("model", "size"), failed=("error", lambda s: int(s.notna().sum())),
+                                    mean_response_tokens=("completion_tokens", "mean"))
+    means = comps.groupby("model")[["fine_grained", "overall", *ASPECTS]].mean()
+    table = base.join(means, how="left").sort_values("fine_grained", ascending=False, na_position="last")
+    return table.round(3).reset_index()
+
+
+def correlation_table(comps: pd.DataFrame) -> pd.DataFrame:
+    cols = [*ASPECTS, "overall"]
+    usable = comps[cols].dropna(how="all")
+    corr = usable.corr(method="pearson", min_periods=3) if len(usable) >= 3 else pd.DataFrame(index=cols, columns=cols)
+    return corr.reindex(index=cols, columns=cols).astype(float).round(3).reset_index(names="aspect")
+
+
+def run_stats(instructions: pa.Table, completions: pa.Table, long_table: pa.Table, dataset_rows: list[dict]) -> RunStats:
+    long = long_table.to_pandas()
+    comps = completion_frame(dataset_rows)
+    ins = instructions.select(["source", "source_format"]).to_pandas()
+    sources = ins.groupby(["source", "source_format"]).size().reset_index(name="instructions")
+    per_source = comps.groupby("source").size().rename("completions")
+    sources = sources.join(per_source, on="source").fillna({"completions": 0})
+    sources["completions"] = sources["completions"].astype(int)
+    principles = comps.groupby("principle").size().reset_index(name="completions")
+    ratings, by_model = rating_counts(long)
+    totals = {"instructions": len(ins), "completions": len(comps),
+              "completions_with_response": int(comps["has_response"].sum()) if len(comps) else 0,
+              "ratings": int(long["aspect"].isin(ASPECTS).sum()) if len(long) else 0,
+              "critiques": int((long["aspect"] == CRITIQUE).sum()) if len(long) else 0}
+    return RunStats(sources=sources, models=model_table(comps, completions), principles=principles,
+                    ratings=ratings, ratings_by_model=by_model, correlation=correlation_table(comps),
+                    parse=parse_table(long), cost=cost_table(completions, long), totals=totals)
