@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.generation.config import EngineSettings
 from tasks.rating.protocol import ASPECTS
 
 Kind = Literal["openai", "azure", "openai_compatible", "local_vllm", "scripted"]
@@ -72,6 +73,12 @@ class JudgeEndpoint(BaseModel):
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds")
     max_rate_limit_wait_s: float = Field(600.0, ge=0, description="Longest total wait on 429s for one request before "
                                          "RateLimitedError hands the shard back to the orchestrator")
+    # kind local_vllm without base_url: the stage launches this engine itself.
+    engine_model: str = Field("{models_dir}/SmolLM2-135M-Instruct", description="local_vllm: model folder the launched "
+                              "engine serves (`{models_dir}` expands); served under `model`")
+    max_model_len: int | None = Field(8192, ge=256, description="local_vllm: engine context length (the aspect prompt "
+                                      "holds all completions of an instruction)")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="local_vllm: how the engine is launched")
 
     @field_validator("api_key_env", "base_url_env")
     @classmethod
@@ -110,6 +117,11 @@ class JudgeEndpoint(BaseModel):
     def api_key(self) -> str | None:
         """The key from the environment, read at call time; never stored or logged."""
         return os.environ.get(self.key_env) if self.key_env else None
+
+    @property
+    def launches_engine(self) -> bool:
+        """True when the stage must start (and stop) a local vLLM engine for this judge."""
+        return self.kind == "local_vllm" and not self.base_url and not (self.url_env and os.environ.get(self.url_env))
 
     def resolved_base_url(self) -> str | None:
         if self.base_url:
