@@ -8,7 +8,8 @@ Lifecycle: `__enter__` picks a free port, starts
 `python -m vllm.entrypoints.openai.api_server` in its own process group (so stopping it
 also stops the engine-core children), and polls `/health` until it answers or the
 start-up timeout passes; `__exit__` sends SIGTERM to the group, then SIGKILL after the
-grace period. A server that exits or stops answering while requests are in flight raises
+grace period. The pid is written beside the log while the server runs. A server that
+exits or stops answering while requests are in flight raises
 EngineDiedError, which the orchestrator retries.
 """
 from __future__ import annotations
@@ -107,6 +108,7 @@ class VLLMServerBackend:
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.log_path: Path | None = None
+        self.pid_path: Path | None = None
         self.startup_s: float | None = None
 
     @property
@@ -137,6 +139,9 @@ class VLLMServerBackend:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=engine_env(self.env), start_new_session=True)
+        # Operators (and the crash test) find the server's pid beside its log.
+        self.pid_path = self.log_path.with_suffix(".pid")
+        self.pid_path.write_text(str(self.proc.pid))
         try:
             self._wait_healthy(started)
         except BaseException:
@@ -165,6 +170,7 @@ class VLLMServerBackend:
         if self.proc is not None:
             stop_group(self.proc, self.stop_timeout_s)
             self.proc = None
+            self.pid_path.unlink(missing_ok=True)
 
     def run(self, requests: Iterable[BatchRequest]) -> Iterator[BatchResult]:
         if not self.alive():
