@@ -1,5 +1,8 @@
-"""Rates the test shard slowly, logging each request id before answering it, so a test can
-SIGKILL it mid-shard. Run: python -m tests.rating.crash_worker JOURNAL SENT_LOG"""
+"""Rates the test shard slowly so that a test can SIGKILL it mid-shard.
+
+Run: python -m tests.rating.crash_worker JOURNAL SENT_LOG [BASE_URL]
+Without BASE_URL the scripted judge answers, logging each request id first; with it, the
+HTTP judge backend asks the test server there (two requests in flight at most)."""
 from __future__ import annotations
 
 import os
@@ -34,6 +37,18 @@ def shard():
 
 CFG = {"endpoints": [{"name": "s", "kind": "scripted", "model": "gpt-4o", "answer_mode": "text"}], "judge": "s"}
 
+def http_config(base_url: str, mode: str = "text", concurrency: int = 2) -> RatingConfig:
+    return RatingConfig.model_validate({"endpoints": [{
+        "name": "t", "kind": "openai_compatible", "model": "judge", "base_url": base_url, "answer_mode": mode,
+        "max_concurrency": concurrency}], "judge": "t", "prices": {"judge": {"input_per_1m": 1.0, "output_per_1m": 2.0}}})
+
+
 if __name__ == "__main__":
     journal, log = sys.argv[1], sys.argv[2]
-    rate_shard(*shard(), RatingConfig.model_validate(CFG), 42, SlowLoggingJudge(log), Journal(journal))
+    if len(sys.argv) > 3:
+        from tasks.backends.openai_judge import OpenAIJudgeBackend
+
+        cfg = http_config(sys.argv[3])
+        rate_shard(*shard(), cfg, 42, OpenAIJudgeBackend(cfg.endpoint), Journal(journal))
+    else:
+        rate_shard(*shard(), RatingConfig.model_validate(CFG), 42, SlowLoggingJudge(log), Journal(journal))
