@@ -10,17 +10,19 @@ limiter.slot(...)` returns when the request may be sent.
   kind of request, then reconciled with the `usage` the answer reports: the difference is
   debited or refunded, and the prompt estimate is corrected by the observed ratio.
 - Buckets refill continuously at limit x headroom / window and hold a small burst, so
-  requests are paced rather than sent in a minute's worth at once.
+  requests are paced rather than sent in a minute's worth at once. A request goes when the
+  buckets cover its whole estimated cost; nothing is booked ahead, so each waiter decides
+  with the latest reconciled levels.
 - `x-ratelimit-limit-requests/-tokens` headers lower (or set) the configured limits.
 - On a 429 the endpoint pauses for `retry-after-ms` / `Retry-After` / `x-ratelimit-reset-*`
   (full-jitter exponential when none is given), the buckets restart empty after the pause,
-  waiters that reserved before it reserve again, and the concurrency cap halves once per
+  and the concurrency cap halves once per
   congestion event; each success adds 1/cap back (additive increase). With no limit known
   up front it starts at one request in flight and adds one per success until the first 429.
 
 One limiter per endpoint per process (`limiter_for`), shared by every thread and event loop:
-state sits behind a threading lock and waits are computed reservations slept with
-asyncio.sleep, so there are no polling loops and no per-loop primitives. aiolimiter's
+state sits behind a threading lock and a waiter sleeps (asyncio.sleep) exactly until the
+buckets could fit it, then checks again; no per-loop primitives. aiolimiter's
 AsyncLimiter is bound to one loop and cannot debit after the fact, hence this class.
 Across processes, `gate` names an optional Prefect global concurrency limit taken per request
 (coarse; on a SQLite Prefect server it throttles far below its setting).
@@ -43,31 +45,39 @@ __all__ = ["EndpointLimiter", "Permit", "limiter_for", "reset_limiters", "estima
 
 
 class _Bucket:
-    """Reservation bucket: `reserve` returns when the cost may go; `t` may lie in the future
-    (after a 429 pause), and `level` goes negative while reservations are outstanding."""
+    """Continuously refilled bucket. A request may go when the level covers its whole cost;
+    the capacity is a small burst, or the largest request seen if that is larger (so a big
+    request waits for the tokens it needs instead of never fitting). `t` lies in the future
+    during a 429 pause; `level` goes negative when an answer turns out dearer than estimated."""
 
-    def __init__(self, per_window: float, window_s: float, burst: float, headroom: float):
+    def __init__(self, per_window: float, window_s: float, burst: float, headroom: float, level: float | None = None):
         self.window_s, self.burst, self.headroom = window_s, burst, headroom
         self.t = time.monotonic()
+        self.largest = 0.0
         self.set_limit(per_window)
-        self.level = self.capacity
+        self.level = self.capacity if level is None else min(level, self.capacity)
 
     def set_limit(self, per_window: float) -> None:
         self.limit = per_window
         self.rate = per_window * self.headroom / self.window_s
-        self.capacity = max(per_window * self.burst, 1e-9)
+
+    @property
+    def capacity(self) -> float:
+        return max(self.limit * self.burst, self.largest, 1e-9)
 
     def _refill(self, now: float) -> None:
         if now > self.t:
             self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
             self.t = now
 
-    def reserve(self, cost: float, now: float) -> float:
+    def wait_for(self, cost: float, now: float) -> float:
+        """Seconds until `cost` fits (0: now). Takes nothing."""
+        self.largest = max(self.largest, cost)
         self._refill(now)
-        need = min(cost, self.capacity)
-        at = self.t + max(0.0, need - self.level) / self.rate
+        return max(0.0, self.t - now) + max(0.0, cost - self.level) / self.rate
+
+    def take(self, cost: float) -> None:
         self.level -= cost
-        return at
 
     def adjust(self, delta: float) -> None:
         """Debit (delta > 0) or refund (delta < 0) after the answer's usage is known."""
@@ -207,25 +217,23 @@ class EndpointLimiter:
             self.slots.wake()
 
     async def _reserve(self, prompt_tokens: int, max_tokens: int | None, label: str) -> Permit:
-        while True:  # ends: each pass either returns or sleeps until a pause another 429 set
+        """Take the request's cost from the buckets once it fits. Nothing is booked ahead:
+        each waiter re-checks with the latest reconciled levels and pauses when it wakes."""
+        while True:  # each pass returns or sleeps until the buckets may fit it
             with _LOCK:
                 now = time.monotonic()
                 p_est = max(1, round(prompt_tokens * self.prompt_ratio))
                 c_est = round(self.completion_mean.get(label, min(max_tokens or 1024, 1024)))
-                permit = Permit(label, p_est, c_est, prompt_raw=prompt_tokens, epoch=self.epoch)
-                start = max(now, self.blocked_until)
-                at = max([start] + [b.reserve(cost, start) for b, cost in
-                                    ((self.buckets["requests"], 1), (self.buckets["tokens"], permit.reserved)) if b])
-            if at > now:
-                await asyncio.sleep(at - now)
-            with _LOCK:
-                if self.epoch == permit.epoch:
+                costs = ((self.buckets["requests"], 1), (self.buckets["tokens"], p_est + c_est))
+                wait = max([self.blocked_until - now, 0.0] + [b.wait_for(c, now) for b, c in costs if b])
+                if wait <= 0:
+                    for b, c in costs:
+                        if b:
+                            b.take(c)
                     self.stats.requests += 1
-                    self.stats.tokens_estimated += permit.reserved
-                    return permit
-            # a 429 paused the endpoint while this reservation waited: the pause forgave it,
-            # so reserve again behind the pause instead of bursting when it ends
-            await asyncio.sleep(max(0.0, self.blocked_until - time.monotonic()))
+                    self.stats.tokens_estimated += p_est + c_est
+                    return Permit(label, p_est, c_est, prompt_raw=prompt_tokens, epoch=self.epoch)
+            await asyncio.sleep(wait)
 
     # --- feedback ----------------------------------------------------------------------
     def answered(self, permit: Permit, headers: Mapping[str, str] | None, usage: Mapping[str, Any] | None) -> None:
@@ -293,8 +301,10 @@ class EndpointLimiter:
             conf = self.configured[kind]
             target = min(limit, conf) if conf else limit
             b = self.buckets[kind]
-            if b is None:
-                self.buckets[kind] = _Bucket(target, self.window_s, self.burst, self.headroom)
+            if b is None:  # start from what the server says is left, not from a full bucket
+                left = h.get(f"x-ratelimit-remaining-{kind}")
+                level = float(left) if left and left.replace(".", "", 1).isdigit() else 0.0
+                self.buckets[kind] = _Bucket(target, self.window_s, self.burst, self.headroom, level)
                 self.stats.learned[kind] = int(limit)
             elif b.limit != target:
                 b.set_limit(target)

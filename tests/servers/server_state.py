@@ -115,7 +115,7 @@ class ServerState:
             self.rate_limited = 0
             self.in_flight = self.max_in_flight = 0
             self.admit_times: list[tuple[float, int]] = []  # (time, total tokens) of admitted requests
-            self.events: list[tuple[float, int, str | None]] = []  # (time, status, fault) per finished request
+            self.events: list[tuple[float, int, str | None, str]] = []  # (time, status, fault, fingerprint)
             self.t0 = time.monotonic()
 
     def set_faults(self, faults: list[Fault]) -> None:
@@ -189,7 +189,7 @@ class ServerState:
         with self.lock:
             self.in_flight -= 1
             self.by_status[str(status)] = self.by_status.get(str(status), 0) + 1
-            self.events.append((time.monotonic() - self.t0, status, fault))
+            self.events.append((time.monotonic() - self.t0, status, fault, fp))
             if fault:
                 self.fired[fault] = self.fired.get(fault, 0) + 1
             if usage is not None:
