@@ -177,6 +177,16 @@ RATINGS_LONG = pa.schema(
     ]
 )
 
+# What the assemble stage published: one row per output file (its shard is the stage's
+# completion marker).
+OUTPUTS = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),  # relative to the output root
+        pa.field("schema", pa.string(), nullable=False),  # schema name, or png / markdown
+        pa.field("rows", pa.int64(), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "instructions": INSTRUCTIONS,
     "completions": COMPLETIONS,
@@ -185,6 +195,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "preferences_h4": PREFERENCES_H4,
     "preferences_argilla": PREFERENCES_ARGILLA,
     "ratings_long": RATINGS_LONG,
+    "outputs": OUTPUTS,
 }
 
 

@@ -118,7 +118,8 @@ def _pairs_section(pair_stats: dict, publish: dict) -> str:
 
 
 def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[str],
-                position_bias: pd.DataFrame | None = None, with_all_pairs: bool = True) -> str:
+                position_bias: pd.DataFrame | None = None, with_all_pairs: bool = True,
+                notes: list[str] | None = None) -> str:
     src = sources_table(stats)
     name = config.get("name", "ultrafeedback")
     totals = stats.totals
@@ -132,6 +133,7 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "Built with the UltraFeedback method (Cui et al., 2023): each instruction is answered by several "
         "models under sampled principles, and a judge rates every answer on instruction following, "
         "honesty, truthfulness and helpfulness (1-5) and writes a critique with an overall score (1-10).\n",
+        *[f"> **Note:** {n}\n" for n in notes or []],
         "## Loading\n",
         "```python\nfrom datasets import load_dataset\n"
         "full = load_dataset(\"parquet\", data_files=\"dataset/*.parquet\")\n"

@@ -62,8 +62,8 @@ def rating_distribution(stats: RunStats) -> bytes:
     axes[1][0].set_ylabel("model")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, title="rating", loc="upper center", ncol=len(RATING_VALUES),
-               bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.suptitle(title, y=1.04, fontsize=14)
+               bbox_to_anchor=(0.5, 1.035), frameon=False)
+    fig.suptitle(title, y=1.08, fontsize=14)
     fig.tight_layout()
     return _png(fig)
 

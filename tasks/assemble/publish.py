@@ -93,7 +93,8 @@ def _rows_table(rows: list[dict], schema_name: str) -> pa.Table:
 
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
-            truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None) -> PublishResult:
+            truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None,
+            notes: list[str] | None = None) -> PublishResult:
     root = output.rstrip("/")
     rows = dataset_rows(instructions, completions, ratings)
     long = long_table(instructions, completions, ratings)
@@ -127,7 +128,8 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     report_md = render_report(name, stats, pair_stats, list(plots), position_bias)
     write_text(f"{root}/report/report.md", report_md)
     judges = sorted({j for j in long.column("judge_model").to_pylist() if j})
-    card = render_card(config, stats, pair_stats, judges, position_bias, with_all_pairs=publish_cfg.all_pairs)
+    card = render_card(config, stats, pair_stats, judges, position_bias, with_all_pairs=publish_cfg.all_pairs,
+                       notes=notes)
     write_text(f"{root}/README.md", card)
     files += [OutputFile("report/report.md", "markdown", 0), OutputFile("README.md", "markdown", 0)]
     # The UI cannot show the PNGs, so the artifact carries the tables and says where the plots are.

@@ -1,0 +1,153 @@
+"""Assemble stage as a Prefect task: join, binarize and publish the run.
+
+Inputs: the run config and the finished shards of sample, generate and rate (from
+`upstream`, else from the store). Outputs, under the output root: dataset/,
+dataset_long/, preferences/{h4,argilla,all_pairs}/, report/ and README.md (see
+docs/output.md), Prefect table and markdown artifacts on the run, and the stage's marker
+shard `assemble/published.parquet` (schema "outputs": the files written).
+
+The join is global (pairs need every completion of a prompt, the split needs every
+prompt), so the stage is one task. Its key covers every input shard's content hash, the
+whole run config (the card prints it) and the assemble code: an unchanged rerun is
+served from the cache or the marker; any new rating reassembles. Upstream shards that
+are not finished leave their prompts without completions or ratings (nulls in the
+dataset, counted in the card), and the stage logs which ones.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pyarrow as pa
+from prefect import task
+
+import tasks.assemble.binarize
+import tasks.assemble.card
+import tasks.assemble.config
+import tasks.assemble.join
+import tasks.assemble.markdown
+import tasks.assemble.plots
+import tasks.assemble.position_bias
+import tasks.assemble.publish
+import tasks.assemble.report
+import tasks.assemble.stats
+from flows.common import StageResult, collect, key_from_param, logger, result_storage
+from storage.keys import code_version, shard_key
+from storage.schemas import SCHEMAS, to_table
+from storage.shards import ShardRef, ShardStore
+from tasks.errors import InputError
+
+STAGE = "assemble"
+SHARD = "published"
+INPUTS = ("sample", "generate", "rate")
+LOCAL_JUDGES = ("local_vllm", "scripted")
+
+
+def _code() -> str:
+    a = tasks.assemble
+    return code_version(a.config, a.join, a.binarize, a.stats, a.markdown, a.plots, a.card, a.report,
+                        a.publish, a.position_bias)
+
+
+def input_refs(store: ShardStore, upstream: dict) -> dict[str, list[ShardRef]]:
+    refs = {}
+    for stage in INPUTS:
+        found = upstream[stage].refs if stage in upstream else store.refs(stage)
+        refs[stage] = sorted(found, key=lambda r: r.shard_id)
+    if not refs["sample"]:
+        raise InputError(f"assemble needs finished sample shards in {store.root}; run --stages sample first")
+    return refs
+
+
+def assemble_key(refs: dict[str, list[ShardRef]], cfg) -> str:
+    inputs = [f"{stage}:{r.shard_id}:{r.sha256}" for stage in INPUTS for r in refs[stage]]
+    return shard_key(STAGE, inputs, cfg.model_dump(mode="json"), _code())
+
+
+def _concat(store: ShardStore, refs: list[ShardRef], schema_name: str) -> pa.Table:
+    tables = [store.read_shard(r) for r in refs]
+    return pa.concat_tables(tables) if tables else SCHEMAS[schema_name].empty_table()
+
+
+def truthfulqa_files(cfg) -> list[str]:
+    """Every TruthfulQA file the run knows: its sources, eval files and publish.truthfulqa_file."""
+    files = [p for s in cfg.sources if s.format == "truthful_qa" for p in s.files()]
+    files += [e.path for e in cfg.sampling.decontamination.eval_files if e.format == "truthful_qa"]
+    if cfg.publish.truthfulqa_file:
+        files.append(cfg.publish.truthfulqa_file)
+    return sorted(set(files))
+
+
+def judge_notes(cfg) -> list[str]:
+    ep = cfg.rating.endpoint
+    if ep.kind in LOCAL_JUDGES:
+        return [f"the judge of this run is the {ep.kind} endpoint `{ep.model}`. Its ratings follow the scales but "
+                "are not the judgement of a GPT-4-class model; rate with a strong judge before training on them."]
+    return []
+
+
+def _position_bias(cfg, store: ShardStore, ins, comps, rates, seed: int):
+    from tasks.assemble.position_bias import position_bias_check
+    from tasks.rating.journal import Journal, journal_path
+    from tasks.rating.judges import close_engines, open_judge
+
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    log_dir = os.path.join(store.base, "logs") if protocol in ("file", "local") else tempfile.gettempdir()
+    journal = Journal(journal_path(cfg.output, "position_bias", cfg.rating.journal_dir, STAGE))
+    try:
+        res = position_bias_check(ins, comps, rates, cfg.rating, open_judge(cfg.rating.endpoint, log_dir),
+                                  cfg.publish.position_bias_sample, seed, journal=journal)
+    finally:
+        close_engines()
+    logger().info("assemble: position-bias check on %d prompts, %d requests (%d failed), %d/%d tokens in/out",
+                  res.prompts, res.requests, res.failed_requests, res.prompt_tokens, res.completion_tokens)
+    return res.table
+
+
+@task(name="assemble-publish", retries=1, retry_delay_seconds=5, cache_key_fn=key_from_param, persist_result=True)
+def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str) -> dict:
+    """Read every finished shard, publish the outputs, write the stage's marker last."""
+    from tasks.assemble.publish import publish, truthfulqa_questions
+
+    store = ShardStore(cfg.output)
+    existing = store.done_with_key(STAGE, SHARD, key)
+    if existing is not None:
+        return {"ref": existing, "action": "kept", "summary": None}
+    ins = _concat(store, refs["sample"], "instructions")
+    comps = _concat(store, refs["generate"], "completions")
+    rates = _concat(store, refs["rate"], "ratings")
+    seed = cfg.publish.seed if cfg.publish.seed is not None else cfg.seed
+    bias = _position_bias(cfg, store, ins, comps, rates, seed) if cfg.publish.position_bias and rates.num_rows else None
+    result = publish(ins, comps, rates, output=cfg.output, config=cfg.model_dump(mode="json"),
+                     publish_cfg=cfg.publish, seed=seed,
+                     truthful_sources={s.name for s in cfg.sources if s.format == "truthful_qa"},
+                     truthful_questions=truthfulqa_questions(truthfulqa_files(cfg)),
+                     position_bias=bias, notes=judge_notes(cfg))
+    files = to_table([{"path": f.path, "schema": f.schema, "rows": f.rows} for f in result.files], "outputs")
+    ref = store.write_shard(STAGE, SHARD, files, "outputs", key)
+    return {"ref": ref, "action": "written", "summary": result.summary()}
+
+
+def run_assemble(cfg, store: ShardStore, upstream: dict) -> StageResult:
+    refs = input_refs(store, upstream)
+    for stage in INPUTS:
+        unfinished = store.incomplete(stage)
+        if unfinished:
+            logger().warning("assemble: %s has %d unfinished shards (%s); their prompts are published without "
+                             "them", stage, len(unfinished), ", ".join(unfinished[:5]))
+    key = assemble_key(refs, cfg)
+    store.write_plan(STAGE, {SHARD: key})
+    shard_task = publish_run.with_options(result_storage=result_storage(store))
+
+    def submit(refresh=False):
+        t = shard_task.with_options(refresh_cache=True) if refresh else shard_task
+        return t.submit(cfg, refs, key)
+
+    future = submit()
+    done, counts = collect(STAGE, store, [future], [SHARD], [key], rerun=lambda i: submit(refresh=True).result())
+    out = future.state.result() if future.state.is_completed() else {}
+    summary = {"shards": counts, **(out.get("summary") or {})}
+    if done:
+        logger().info("assemble: %s files under %s (%s)", done[0].rows, cfg.output,
+                      "written" if counts["written"] else "unchanged")
+    return StageResult(STAGE, done, summary)
