@@ -127,11 +127,11 @@ def test_artifacts_are_skipped_outside_a_prefect_run(published):
 
 def test_rerun_with_fewer_rows_removes_stale_parts(tmp_path):
     ins, comps, rates = realistic(n_evol=20, n_ultrachat=0, n_tqa=0)
-    cfg = PublishConfig(test_size=2, shard_rows=8)
+    cfg = PublishConfig(test_size=2, shard_rows=8, plots=False)
     publish(ins, comps, rates, output=str(tmp_path), config=CONFIG, publish_cfg=cfg, seed=1)
     assert len(list((tmp_path / "dataset").glob("*.parquet"))) == 3
     publish(ins, comps, rates, output=str(tmp_path), config=CONFIG,
-            publish_cfg=PublishConfig(test_size=2, shard_rows=100, all_pairs=False), seed=1)
+            publish_cfg=PublishConfig(test_size=2, shard_rows=100, all_pairs=False, plots=False), seed=1)
     assert [p.name for p in (tmp_path / "dataset").glob("*.parquet")] == ["train-00000-of-00001.parquet"]
     assert not list((tmp_path / "preferences" / "all_pairs").glob("*.parquet"))
 
