@@ -9,6 +9,7 @@ when called outside one, so the pure pipeline and its tests run without Prefect.
 from __future__ import annotations
 
 import logging
+import re
 
 import pandas as pd
 
@@ -52,6 +53,13 @@ def _in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
+def artifact_key(run_name: str, suffix: str) -> str:
+    """`<run-name-slug>-<suffix>`: keys allow lowercase letters, digits and dashes, and
+    naming them after the run keeps two runs on one Prefect server apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-") or "ultrafeedback"
+    return f"{slug}-{suffix}"
+
+
 def publish_artifacts(name: str, stats: RunStats, pair_stats: dict, report_md: str,
                       position_bias: pd.DataFrame | None = None) -> list[str]:
     """Create the report's tables as Prefect artifacts; [] outside a flow or task run."""
@@ -71,15 +79,16 @@ def publish_artifacts(name: str, stats: RunStats, pair_stats: dict, report_md: s
         tables["position-bias"] = (position_bias, "Rating agreement with the completion order reversed")
     created = []
     for key, (df, description) in tables.items():
-        full_key = f"ultrafeedback-{key}"
+        full_key = artifact_key(name, key)
         try:
             create_table_artifact(table=records(df), key=full_key, description=f"{name}: {description}")
             created.append(full_key)
         except Exception as exc:  # an artifact is a view; the files on disk are the result
             log.warning("could not create artifact %s: %s", full_key, exc)
     try:
-        create_markdown_artifact(markdown=report_md, key="ultrafeedback-report", description=f"{name}: quality report")
-        created.append("ultrafeedback-report")
+        report_key = artifact_key(name, "quality-report")
+        create_markdown_artifact(markdown=report_md, key=report_key, description=f"{name}: quality report")
+        created.append(report_key)
     except Exception as exc:
         log.warning("could not create the report artifact: %s", exc)
     return created

@@ -10,15 +10,16 @@ from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
 
 CFG = "tests/fixtures/configs/scripted.yaml"
-KEYS = ["ultrafeedback-leaderboard", "ultrafeedback-rating-distribution", "ultrafeedback-parse-failures",
-        "ultrafeedback-cost", "ultrafeedback-sources", "ultrafeedback-pairs", "ultrafeedback-report"]
+# Keys are named after the run ("scripted" in the fixture config).
+KEYS = ["scripted-leaderboard", "scripted-rating-distribution", "scripted-parse-failures",
+        "scripted-cost", "scripted-sources", "scripted-pairs", "scripted-quality-report"]
 
 
 def _artifacts(flow_run_id=None):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    flt = ArtifactFilter(key=ArtifactFilterKey(any_=KEYS + ["ultrafeedback-position-bias"]))
+    flt = ArtifactFilter(key=ArtifactFilterKey(any_=KEYS + ["scripted-position-bias"]))
     if flow_run_id is not None:
         flt.flow_run_id = ArtifactFilterFlowRunId(any_=[flow_run_id])
     with get_client(sync_client=True) as client:
@@ -65,10 +66,10 @@ def test_tables_are_published_as_artifacts_on_the_flow_run(run_dir):
     _, _, state = run_dir
     arts = _artifacts(state.state_details.flow_run_id)
     keys = {a.key for a in arts}
-    assert set(KEYS) | {"ultrafeedback-position-bias"} <= keys
-    leaderboard = next(a for a in arts if a.key == "ultrafeedback-leaderboard")
+    assert set(KEYS) | {"scripted-position-bias"} <= keys
+    leaderboard = next(a for a in arts if a.key == "scripted-leaderboard")
     assert leaderboard.type == "table" and "scripted-alpha" in str(leaderboard.data)
-    report = next(a for a in arts if a.key == "ultrafeedback-report")
+    report = next(a for a in arts if a.key == "scripted-quality-report")
     assert report.type == "markdown" and "# Quality report: scripted" in report.data
 
 
