@@ -1,4 +1,4 @@
-"""Train two DPO steps with TRL on a run's preference pairs, as they were published.
+"""Train two DPO and two reward-model steps with TRL on a run's published preference pairs.
 
 Usage (TRL pulls in torch, so use an environment of its own, not the project's):
     python scripts/check_trl_dpo.py runs/demo
@@ -6,8 +6,9 @@ Usage (TRL pulls in torch, so use an environment of its own, not the project's):
 Inputs: a run's output root. For each pair dataset (h4, argilla, all_pairs) it loads the
 Parquet files with `datasets`, builds a word-level tokenizer with a chat template from the
 pairs' own text and a tiny randomly initialised Llama, and runs `trl.DPOTrainer` for two
-steps on CPU. Nothing is downloaded. Output: one line per dataset, `OK <loss>` or `FAIL`
-with the error; the exit code is the number of failures.
+steps on CPU, then `trl.RewardTrainer` on a tiny sequence classifier. Nothing is
+downloaded. Output: one line per dataset, `OK` with both losses or `FAIL` with the error;
+the exit code is the number of failures.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def tiny_tokenizer(texts):
 
 def check(root: Path, name: str, pattern: str) -> str:
     from datasets import load_dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from trl import DPOConfig, DPOTrainer
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     if not list(root.glob(pattern)):
         return "SKIP (no files)"
@@ -59,7 +60,15 @@ def check(root: Path, name: str, pattern: str) -> str:
                      use_cpu=True, save_strategy="no", logging_steps=1, max_length=256)
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=ds,
                          processing_class=tok)
-    return f"OK loss={trainer.train().training_loss:.4f} rows={ds.num_rows}"
+    dpo_loss = trainer.train().training_loss
+    # The reward trainer reads the same columns (prompt + chosen / rejected).
+    rm = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=1, num_labels=1))
+    rargs = RewardConfig(output_dir=tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2, report_to=[],
+                         use_cpu=True, save_strategy="no", logging_steps=1, max_length=256)
+    reward_loss = RewardTrainer(model=rm, args=rargs, train_dataset=ds, processing_class=tok).train().training_loss
+    return f"OK dpo_loss={dpo_loss:.4f} reward_loss={reward_loss:.4f} rows={ds.num_rows}"
 
 
 def main(argv: list[str]) -> int:
