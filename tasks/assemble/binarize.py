@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tasks.assemble.config import ASPECT_SCORES
 
@@ -223,7 +224,8 @@ class Pairs:
     stats: PairStats
 
 
-def binarize(rows: list[dict], score: str, seed: int, test_rows, truthful_sources: set[str] = frozenset(),
+def binarize(rows: list[dict], score: str, seed: int, test_rows: Callable[[int], int],
+             truthful_sources: set[str] = frozenset(),
              truthful_questions: set[str] = frozenset(), drop_truthful: bool = True,
              with_all_pairs: bool = True) -> Pairs:
     """All pair datasets of one run. `test_rows(n)` gives the test prompts for n pair prompts."""

@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from storage.schemas import to_table
+from storage.schemas import SCHEMAS, to_table
 from tasks.errors import InputError
 from tasks.rating.protocol import ASPECTS, CRITIQUE
 
@@ -180,6 +180,5 @@ def long_table(instructions: pa.Table, completions: pa.Table, ratings: pa.Table)
 
 def _table(rows: list[dict], schema_name: str) -> pa.Table:
     if not rows:
-        from storage.schemas import SCHEMAS
         return SCHEMAS[schema_name].empty_table()
     return to_table(rows, schema_name)
