@@ -1,6 +1,8 @@
 """Binarization: H4 style, Argilla-clean style, all pairs, TruthfulQA removal, seeds."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from assemble_fixtures import ASPECTS, build, evol_rows, full, truthfulqa_questions, truthfulqa_rows, ultrachat_rows
@@ -34,6 +36,7 @@ def test_h4_chosen_is_best_rejected_is_another_and_columns_are_trl_conversationa
     assert response_index(row["chosen"]) == 1 and row["score_chosen"] == 5.0
     assert response_index(row["rejected"]) in (0, 2, 3)
     assert row["prompt"] == [{"role": "user", "content": prompts[0]["instruction"]}]
+    assert row["prompt_id"] == hashlib.sha256(prompts[0]["instruction"].encode("utf-8")).hexdigest()
     assert row["messages"] == row["prompt"] + row["chosen"]
     assert set(row) == {"prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"}
     to_table(p.h4_train, "preferences_h4")  # validates under the explicit schema
