@@ -104,8 +104,19 @@ def _position_bias(cfg, store: ShardStore, ins, comps, rates, seed: int):
     return res.table
 
 
+def unfinished_notes(store: ShardStore) -> list[str]:
+    notes = []
+    for stage in INPUTS:
+        unfinished = store.incomplete(stage)
+        if unfinished:
+            notes.append(f"this run is incomplete: {len(unfinished)} {stage} shard(s) are not finished "
+                         f"({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}); their prompts "
+                         "appear without completions or ratings. Backfill them and run the assemble stage again.")
+    return notes
+
+
 @task(name="assemble-publish", retries=1, retry_delay_seconds=5, cache_key_fn=key_from_param, persist_result=True)
-def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str) -> dict:
+def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]) -> dict:
     """Read every finished shard, publish the outputs, write the stage's marker last."""
     from tasks.assemble.publish import publish, truthfulqa_questions
 
@@ -122,7 +133,7 @@ def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str) -> dict:
                      publish_cfg=cfg.publish, seed=seed,
                      truthful_sources={s.name for s in cfg.sources if s.format == "truthful_qa"},
                      truthful_questions=truthfulqa_questions(truthfulqa_files(cfg)),
-                     position_bias=bias, notes=judge_notes(cfg))
+                     position_bias=bias, notes=notes + judge_notes(cfg))
     files = to_table([{"path": f.path, "schema": f.schema, "rows": f.rows} for f in result.files], "outputs")
     ref = store.write_shard(STAGE, SHARD, files, "outputs", key)
     return {"ref": ref, "action": "written", "summary": result.summary()}
@@ -130,18 +141,16 @@ def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str) -> dict:
 
 def run_assemble(cfg, store: ShardStore, upstream: dict) -> StageResult:
     refs = input_refs(store, upstream)
-    for stage in INPUTS:
-        unfinished = store.incomplete(stage)
-        if unfinished:
-            logger().warning("assemble: %s has %d unfinished shards (%s); their prompts are published without "
-                             "them", stage, len(unfinished), ", ".join(unfinished[:5]))
+    notes = unfinished_notes(store)
+    for note in notes:
+        logger().warning("assemble: %s", note)
     key = assemble_key(refs, cfg)
     store.write_plan(STAGE, {SHARD: key})
     shard_task = publish_run.with_options(result_storage=result_storage(store))
 
     def submit(refresh=False):
         t = shard_task.with_options(refresh_cache=True) if refresh else shard_task
-        return t.submit(cfg, refs, key)
+        return t.submit(cfg, refs, key, notes)
 
     future = submit()
     done, counts = collect(STAGE, store, [future], [SHARD], [key], rerun=lambda i: submit(refresh=True).result())

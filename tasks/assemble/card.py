@@ -9,6 +9,8 @@ pairs and what was left out of them, the schemas and the licences of the sources
 """
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import pandas as pd
 import pyarrow as pa
 import yaml
@@ -40,9 +42,19 @@ SUBSETS = [  # (config name, [(split, glob)], schema)
 ]
 
 
-def front_matter(licences: list[str], with_all_pairs: bool) -> str:
+def present_subsets(files: list[str]) -> list[tuple[str, list[tuple[str, str]], str]]:
+    """SUBSETS reduced to the splits that have at least one file."""
+    out = []
+    for name, splits, schema_name in SUBSETS:
+        kept = [(s, p) for s, p in splits if any(fnmatch(f, p) for f in files)]
+        if kept:
+            out.append((name, kept, schema_name))
+    return out
+
+
+def front_matter(licences: list[str], subsets: list) -> str:
     configs = [{"config_name": name, "data_files": [{"split": s, "path": p} for s, p in splits]}
-               for name, splits, _ in SUBSETS if with_all_pairs or name != "all_pairs"]
+               for name, splits, _ in subsets]
     meta = {
         "license": "other",
         "pretty_name": "UltraFeedback-style AI feedback",
@@ -72,11 +84,9 @@ def _flatten(name: str, t: pa.DataType, nullable: bool) -> list[tuple[str, str, 
     return rows
 
 
-def schema_section(with_all_pairs: bool) -> str:
+def schema_section(subsets: list) -> str:
     parts = []
-    for name, splits, schema_name in SUBSETS:
-        if name == "all_pairs" and not with_all_pairs:
-            continue
+    for name, splits, schema_name in subsets:
         schema = SCHEMAS[schema_name]
         flat = [r for f in schema for r in _flatten(f.name, f.type, f.nullable)]
         rows = pd.DataFrame({"column": [r[0] for r in flat], "type": [r[1] for r in flat],
@@ -117,14 +127,24 @@ def _pairs_section(pair_stats: dict, publish: dict) -> str:
             f"{kv(made)}\n\nLeft out of the pairs (they stay in the full dataset):\n\n{kv(left_out)}")
 
 
+def loading_snippet(subsets: list) -> str:
+    lines = ["```python", "from datasets import load_dataset"]
+    for name, splits, _ in subsets:
+        if name in ("default", "h4"):
+            files = ", ".join(f'"{s}": "{p}"' for s, p in splits)
+            lines.append(f'{"full" if name == "default" else name} = load_dataset("parquet", data_files={{{files}}})')
+    return "\n".join(lines + ["```\n"])
+
+
 def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[str],
-                position_bias: pd.DataFrame | None = None, with_all_pairs: bool = True,
+                position_bias: pd.DataFrame | None = None, files: list[str] | None = None,
                 notes: list[str] | None = None) -> str:
+    subsets = present_subsets(files or [])
     src = sources_table(stats)
     name = config.get("name", "ultrafeedback")
     totals = stats.totals
     lines = [
-        front_matter(list(src["licence"]), with_all_pairs),
+        front_matter(list(src["licence"]), subsets),
         f"# {name}: an UltraFeedback-style AI-feedback dataset\n",
         f"{totals.get('instructions', 0):,} instructions from {len(src)} sources, "
         f"{totals.get('completions', 0):,} completions by {len(stats.models)} models, "
@@ -135,11 +155,9 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "honesty, truthfulness and helpfulness (1-5) and writes a critique with an overall score (1-10).\n",
         *[f"> **Note:** {n}\n" for n in notes or []],
         "## Loading\n",
-        "```python\nfrom datasets import load_dataset\n"
-        "full = load_dataset(\"parquet\", data_files=\"dataset/*.parquet\")\n"
-        "h4 = load_dataset(\"parquet\", data_files={\"train_prefs\": \"preferences/h4/train_prefs-*.parquet\",\n"
-        "                                           \"test_prefs\": \"preferences/h4/test_prefs-*.parquet\"})\n```\n",
-        "The pair files can be given to TRL's `DPOTrainer` as they are.\n",
+        loading_snippet(subsets),
+        "The pair files can be given to TRL's `DPOTrainer` as they are. A split without rows has no "
+        "file and is not listed.\n",
         "## Sources and licences\n", table(src),
         "\nA dataset inherits the terms of its sources: a non-commercial source makes the whole dataset "
         "non-commercial.\n",
@@ -155,7 +173,7 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
                   "the completion order reversed.\n", table(position_bias)]
     lines += [
         "\n## Quality report\n", "Plots and tables: [report/report.md](report/report.md).\n",
-        "## Schema\n", schema_section(with_all_pairs),
+        "## Schema\n", schema_section(subsets),
         "\n## Run configuration\n", "```yaml\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True) + "```\n",
     ]
     return "\n".join(lines)

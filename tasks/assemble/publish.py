@@ -14,7 +14,8 @@ optional position-bias result. Outputs (see docs/output.md):
 
 Every Parquet file is validated against its named schema and written to a temporary name
 then renamed; parts left from an earlier, larger output are removed after the new ones
-exist. Prefect artifacts are created when this runs inside a flow or task run.
+exist. A split without rows gets no file (`datasets` cannot load an empty Parquet split),
+and the card lists only the splits that have files. Prefect artifacts are created when this runs inside a flow or task run.
 """
 from __future__ import annotations
 
@@ -71,8 +72,9 @@ def truthfulqa_questions(paths: list[str]) -> set[str]:
 
 def write_parts(root: str, folder: str, prefix: str, table: pa.Table, schema_name: str,
                 shard_rows: int) -> list[OutputFile]:
-    """`{folder}/{prefix}-00000-of-0000N.parquet`, at least one file even for zero rows."""
-    n = max(1, math.ceil(table.num_rows / shard_rows))
+    """`{folder}/{prefix}-00000-of-0000N.parquet`; no file for zero rows, since `datasets`
+    cannot load an empty Parquet split (the card then leaves that split out)."""
+    n = math.ceil(table.num_rows / shard_rows)
     files = []
     for i in range(n):
         rel = f"{folder}/{prefix}-{i:05d}-of-{n:05d}.parquet"
@@ -81,6 +83,8 @@ def write_parts(root: str, folder: str, prefix: str, table: pa.Table, schema_nam
         files.append(OutputFile(rel, schema_name, part.num_rows))
     keep = {f.path.rsplit("/", 1)[1] for f in files}
     fs, base = fsspec.core.url_to_fs(f"{root}/{folder}")
+    if not fs.exists(base):
+        return files
     for stale in fs.glob(f"{base}/{prefix}-*-of-*.parquet"):
         if stale.rsplit("/", 1)[1] not in keep:
             fs.rm(stale)
@@ -128,7 +132,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     report_md = render_report(name, stats, pair_stats, list(plots), position_bias)
     write_text(f"{root}/report/report.md", report_md)
     judges = sorted({j for j in long.column("judge_model").to_pylist() if j})
-    card = render_card(config, stats, pair_stats, judges, position_bias, with_all_pairs=publish_cfg.all_pairs,
+    card = render_card(config, stats, pair_stats, judges, position_bias, files=[f.path for f in files],
                        notes=notes)
     write_text(f"{root}/README.md", card)
     files += [OutputFile("report/report.md", "markdown", 0), OutputFile("README.md", "markdown", 0)]

@@ -96,6 +96,22 @@ def test_pairs_are_in_trls_conversational_preference_format(published, tmp_path,
             assert ex["score_chosen"] >= ex["score_rejected"]
 
 
+def test_card_configs_and_loading_snippet_load(published, tmp_path):
+    import yaml
+    from datasets import load_dataset
+
+    out, _ = published
+    card = (out / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert [c["config_name"] for c in meta["configs"]] == ["default", "ratings_long", "h4", "argilla", "all_pairs"]
+    for config in meta["configs"]:
+        files = {d["split"]: str(out / d["path"]) for d in config["data_files"]}
+        ds = load_dataset("parquet", data_files=files, cache_dir=str(tmp_path))
+        assert set(ds) == set(files) and all(ds[s].num_rows > 0 for s in ds)
+    assert 'h4 = load_dataset("parquet", data_files={"train_prefs": "preferences/h4/train_prefs-*.parquet", ' \
+           '"test_prefs": "preferences/h4/test_prefs-*.parquet"})' in card
+
+
 def test_card_has_the_required_sections(published):
     out, result = published
     card = (out / "README.md").read_text(encoding="utf-8")
@@ -155,3 +171,25 @@ def test_truthfulqa_questions_file(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="no 'Question' column"):
         read_questions([str(bad)])
+
+
+def test_run_without_completions_still_publishes_loadable_files(tmp_path):
+    from datasets import load_dataset
+    from storage.schemas import SCHEMAS
+
+    ins, _, _ = realistic(n_evol=4, n_ultrachat=0, n_tqa=0)
+    empty_c, empty_r = SCHEMAS["completions"].empty_table(), SCHEMAS["ratings"].empty_table()
+    result = publish(ins, empty_c, empty_r, output=str(tmp_path), config=CONFIG, publish_cfg=PublishConfig(), seed=1,
+                     notes=["this run is incomplete: 1 generate shard(s) are not finished"])
+    assert result.pair_stats["h4_pairs"] == 0 and result.pair_stats["prompts_with_fewer_than_two"] == 4
+    full = load_dataset("parquet", data_files=str(tmp_path / "dataset/*.parquet"), cache_dir=str(tmp_path / "c"))
+    assert full["train"].num_rows == 4 and full["train"][0]["completions"] == []
+    # `datasets` cannot load an empty Parquet split, so empty splits get no file and the card
+    # does not list them.
+    assert not list((tmp_path / "preferences").rglob("*.parquet"))
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "> **Note:** this run is incomplete" in card
+    assert "config_name: default" in card and "config_name: h4" not in card
+    assert 'h4 = load_dataset' not in card
+    assert all((tmp_path / "report" / f).stat().st_size > 1000 for f in
+               ("leaderboard.png", "rating_distribution.png", "correlation.png", "parse_failures.png", "cost.png"))
