@@ -2,10 +2,13 @@
 
     ultrafeedback run [--config FILE] [--out DIR] [--stages sample,generate,rate,assemble] [--set k=v ...]
     ultrafeedback status --out DIR [--json]
+    ultrafeedback backfill --out DIR [--stages rate,assemble] [--shards ID,ID ...]
 
 Inputs: a YAML run config (default: the shipped demo config) and overrides. Outputs: the
 run's shards and manifest under the output root; `status` prints each stage's shards and
-their states. Errors in the config or the sources are printed as one clear message with
+their states; `backfill` reruns only the unfinished shards of a run and re-assembles (exit
+code 1 when some are still unfinished). On a terminal, `run` and `backfill` show a progress
+bar per stage. Errors in the config or the sources are printed as one clear message with
 exit code 2, before any work starts; no traceback for expected errors.
 """
 from __future__ import annotations
@@ -31,10 +34,25 @@ def _parser() -> argparse.ArgumentParser:
                      help="comma-separated stages to run (default: all four)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set sources.0.quota=20 (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     st = sub.add_parser("status", help="show each stage's shards and their states")
     st.add_argument("--out", required=True, help="output root of the run")
     st.add_argument("--json", action="store_true", help="print JSON")
+    bf = sub.add_parser("backfill", help="rerun only the failed or unfinished shards of a run, then re-assemble")
+    bf.add_argument("--out", required=True, help="output root of the run (its recorded config is used)")
+    bf.add_argument("--stages", help="comma-separated stages to look at (default: every stage the run planned)")
+    bf.add_argument("--shards", help="comma-separated shard ids to limit the backfill to (default: all unfinished)")
+    bf.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     return p
+
+
+def _show_progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _csv(value: str | None) -> list[str] | None:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
 
 
 def cmd_run(args) -> int:
@@ -45,10 +63,32 @@ def cmd_run(args) -> int:
     if unknown:
         raise ValueError(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
     cfg = load_config(args.config, args.overrides, output=args.out)
+    from flows.progress import cli_display
     from flows.ultrafeedback import ultrafeedback
 
-    summary = ultrafeedback(config=cfg, stages=stages)
+    with cli_display(_show_progress(args)):
+        summary = ultrafeedback(config=cfg, stages=stages)
     print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    from flows.config import STAGES
+
+    stages = _csv(args.stages)
+    unknown = [s for s in stages or [] if s not in STAGES]
+    if unknown:
+        raise ValueError(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
+    from flows.backfill import backfill
+    from flows.progress import cli_display
+
+    with cli_display(_show_progress(args)):
+        result = backfill(output=args.out, stages=stages, shards=_csv(args.shards))
+    print(json.dumps(result, indent=1, default=str))
+    left = result["still_unfinished"]
+    if left:
+        print(f"ultrafeedback: {sum(len(v) for v in left.values())} shards still unfinished: {left}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -89,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.errors import UltraFeedbackError
 
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill}[args.command](args)
     except (ConfigError, UltraFeedbackError, ValueError) as exc:
         print(f"ultrafeedback: error: {exc}", file=sys.stderr)
         return 2

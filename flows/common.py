@@ -55,9 +55,14 @@ def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], 
     A failed shard is recorded with a `.failed` marker and left for a backfill; the
     other shards still complete.
     """
+    from flows.progress import track
+
     counts = {"written": 0, "kept": 0, "cached": 0, "failed": 0}
     refs: list[ShardRef] = []
+    progress = track(stage, len(futures))
     for i, fut in enumerate(futures):
+        if i:
+            progress.update(counts)
         state = fut.wait() or fut.state
         if state.is_failed() or state.is_crashed():
             counts["failed"] += 1
@@ -78,6 +83,7 @@ def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], 
         else:
             counts[out["action"]] += 1
         refs.append(ref)
+    progress.finish(counts)
     return refs, counts
 
 

@@ -15,8 +15,11 @@ from typing import Literal
 
 from prefect import flow
 
+from flows.backfill import record_config
 from flows.common import StageResult, logger, quiet_expected_errors
 from flows.config import STAGES, RunConfig, validate_config
+from flows.progress import publish_run
+from flows.shard_gate import default_task_runner
 from storage.shards import ShardStore
 from tasks.errors import InputError
 
@@ -43,6 +46,7 @@ def _runner(stage: str):
 
 def run_stages(cfg: RunConfig, stages: list[str]) -> dict:
     store = ShardStore(cfg.output)
+    record_config(store, cfg)
     results: dict[str, StageResult] = {}
     summary: dict = {"run": cfg.name, "seed": cfg.seed, "stages": {}}
     for stage in [s for s in STAGES if s in stages]:
@@ -57,11 +61,12 @@ def run_stages(cfg: RunConfig, stages: list[str]) -> dict:
         summary["stages"][stage] = result.summary
     previous = (store.read_manifest() or {}).get("summary", {}).get("stages", {})
     summary["stages"] = {**previous, **summary["stages"]}
-    store.write_manifest({"summary": summary, "config": cfg.model_dump(mode="json")})
+    manifest = store.write_manifest({"summary": summary, "config": cfg.model_dump(mode="json")})
+    publish_run(manifest, summary, cfg.output)
     return summary
 
 
-@flow(name="ultrafeedback", log_prints=False, validate_parameters=True)
+@flow(name="ultrafeedback", log_prints=False, validate_parameters=True, task_runner=default_task_runner())
 def ultrafeedback(config: RunConfig, stages: list[Stage] = list(STAGES)) -> dict:
     """Build an UltraFeedback-style dataset: sample, generate, rate, assemble."""
     cfg = validate_config(config)
