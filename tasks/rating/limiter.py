@@ -13,7 +13,9 @@ limiter.slot(...)` returns when the request may be sent.
   requests are paced rather than sent in a minute's worth at once. A request goes when the
   buckets cover its whole estimated cost; nothing is booked ahead, so each waiter decides
   with the latest reconciled levels.
-- `x-ratelimit-limit-requests/-tokens` headers lower (or set) the configured limits.
+- `x-ratelimit-limit-requests/-tokens` headers lower (or set) the configured limits;
+  `x-ratelimit-remaining-*` lowers a bucket that holds more than the server can have left
+  (a request that reached the server late, a key shared with another client).
 - On a 429 the endpoint pauses for `retry-after-ms` / `Retry-After` / `x-ratelimit-reset-*`
   (full-jitter exponential when none is given), the buckets restart empty after the pause,
   and the concurrency cap halves once per
@@ -32,96 +34,16 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import threading
 import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
+from tasks.rating.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
 from tasks.rating.limit_hints import estimate_prompt_tokens, retry_after_s
 
 __all__ = ["EndpointLimiter", "Permit", "limiter_for", "reset_limiters", "estimate_prompt_tokens", "retry_after_s"]
-
-
-class _Bucket:
-    """Continuously refilled bucket. A request may go when the level covers its whole cost;
-    the capacity is a small burst, or the largest request seen if that is larger (so a big
-    request waits for the tokens it needs instead of never fitting). `t` lies in the future
-    during a 429 pause; `level` goes negative when an answer turns out dearer than estimated."""
-
-    def __init__(self, per_window: float, window_s: float, burst: float, headroom: float, level: float | None = None):
-        self.window_s, self.burst, self.headroom = window_s, burst, headroom
-        self.t = time.monotonic()
-        self.largest = 0.0
-        self.set_limit(per_window)
-        self.level = self.capacity if level is None else min(level, self.capacity)
-
-    def set_limit(self, per_window: float) -> None:
-        self.limit = per_window
-        self.rate = per_window * self.headroom / self.window_s
-
-    @property
-    def capacity(self) -> float:
-        return max(self.limit * self.burst, self.largest, 1e-9)
-
-    def _refill(self, now: float) -> None:
-        if now > self.t:
-            self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
-            self.t = now
-
-    def wait_for(self, cost: float, now: float) -> float:
-        """Seconds until `cost` fits (0: now). Takes nothing."""
-        self.largest = max(self.largest, cost)
-        self._refill(now)
-        return max(0.0, self.t - now) + max(0.0, cost - self.level) / self.rate
-
-    def take(self, cost: float) -> None:
-        self.level -= cost
-
-    def adjust(self, delta: float) -> None:
-        """Debit (delta > 0) or refund (delta < 0) after the answer's usage is known."""
-        self.level = min(self.capacity, self.level - delta)
-
-    def pause_until(self, t: float) -> None:
-        self.level, self.t = 0.0, max(self.t, t)
-
-
-class _Slots:
-    """A concurrency cap shared across threads and event loops; the cap may change."""
-
-    def __init__(self, cap: float):
-        self.cap, self.in_use = cap, 0
-        self.waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
-
-    def try_take(self) -> bool:
-        if self.in_use < max(1, int(self.cap)) and not self.waiters:
-            self.in_use += 1
-            return True
-        return False
-
-    def wake(self) -> None:
-        while self.waiters and self.in_use < max(1, int(self.cap)):
-            loop, fut = self.waiters.popleft()
-            self.in_use += 1
-            try:
-                loop.call_soon_threadsafe(self._grant, fut)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                self.in_use -= 1
-
-    def _grant(self, fut: asyncio.Future) -> None:
-        if fut.cancelled():
-            self._give_back()
-        else:
-            fut.set_result(None)
-
-    def _give_back(self) -> None:
-        with _LOCK:
-            self.in_use -= 1
-            self.wake()
-
-
-_LOCK = threading.RLock()  # guards every limiter's state; waits happen outside it
 
 
 @dataclass
@@ -135,6 +57,7 @@ class Permit:
     sent_at: float = 0.0
     epoch: int = 0
     settled: bool = False
+    actual: int | None = None  # total tokens the answer reported
 
     @property
     def reserved(self) -> int:
@@ -147,6 +70,7 @@ class LimiterStats:
     successes: int = 0
     rate_limited: int = 0
     cuts: int = 0
+    resyncs: int = 0
     paused_s: float = 0.0
     tokens_estimated: int = 0
     tokens_reported: int = 0
@@ -158,13 +82,15 @@ class EndpointLimiter:
 
     def __init__(self, key: str, *, rpm: float | None = None, tpm: float | None = None, max_concurrency: int = 16,
                  learn_limits: bool = True, window_s: float = 60.0, burst: float = 1 / 120, headroom: float = 0.99,
+                 cushion_s: float = 0.25,
                  min_concurrency: int = 1, gate: str | None = None, model: str = ""):
         self.key, self.model, self.gate = key, model, gate
-        self.window_s, self.burst, self.headroom = window_s, burst, headroom
+        self.window_s, self.burst, self.headroom, self.cushion_s = window_s, burst, headroom, cushion_s
         self.learn_limits = learn_limits
         self.configured = {"requests": rpm, "tokens": tpm}
         self.buckets: dict[str, _Bucket | None] = {
-            k: _Bucket(v, window_s, burst, headroom) if v else None for k, v in self.configured.items()}
+            k: _Bucket(v, window_s, burst, headroom, cushion_s=cushion_s) if v else None
+            for k, v in self.configured.items()}
         self.max_concurrency, self.min_concurrency = max_concurrency, min_concurrency
         # Without known limits, start with one request in flight (its answer's headers may
         # teach the limits) and grow by one per success until the first 429 (slow start).
@@ -175,6 +101,7 @@ class EndpointLimiter:
         self.last_cut = -math.inf
         self.backoff_level = 0
         self.completion_mean: dict[str, float] = {}
+        self.sent: deque[Permit] = deque()  # recent requests, to compare with x-ratelimit-remaining-*
         self.prompt_ratio = 1.0
         self.stats = LimiterStats()
 
@@ -189,7 +116,11 @@ class EndpointLimiter:
             if self.gate:
                 from prefect.concurrency.asyncio import rate_limit
                 await rate_limit(self.gate, occupy=1, strict=True)
-            permit.sent_at = time.monotonic()
+            with _LOCK:
+                permit.sent_at = time.monotonic()
+                self.sent.append(permit)
+                while self.sent and self.sent[0].sent_at < permit.sent_at - self.window_s:
+                    self.sent.popleft()
             yield permit
         finally:
             self._give_slot()
@@ -223,7 +154,9 @@ class EndpointLimiter:
             with _LOCK:
                 now = time.monotonic()
                 p_est = max(1, round(prompt_tokens * self.prompt_ratio))
-                c_est = round(self.completion_mean.get(label, min(max_tokens or 1024, 1024)))
+                # an unseen kind of request is booked at its answer cap (refunded on answer):
+                # another kind's mean would under-book, e.g. a short critique for an aspect call
+                c_est = round(self.completion_mean.get(label) or min(max_tokens or 1024, 1024))
                 costs = ((self.buckets["requests"], 1), (self.buckets["tokens"], p_est + c_est))
                 wait = max([self.blocked_until - now, 0.0] + [b.wait_for(c, now) for b, c in costs if b])
                 if wait <= 0:
@@ -250,6 +183,7 @@ class EndpointLimiter:
                 permit.settled = True
                 p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                 actual = int(usage.get("total_tokens") or p + c)
+                permit.actual = actual
                 self.stats.tokens_reported += actual
                 bucket = self.buckets["tokens"]
                 if bucket is not None and permit.epoch == self.epoch:
@@ -258,6 +192,31 @@ class EndpointLimiter:
                     self.prompt_ratio = 0.8 * self.prompt_ratio + 0.2 * (p / permit.prompt_raw)
                 prev = self.completion_mean.get(permit.label)
                 self.completion_mean[permit.label] = c if prev is None else 0.8 * prev + 0.2 * c
+            if headers is not None and permit.epoch == self.epoch:
+                self._resync(permit, headers)
+
+    def _resync(self, permit: Permit, headers: Mapping[str, str]) -> None:
+        """Lower a bucket that holds more than the server can have left. The server's
+        `x-ratelimit-remaining-*` was its level when it admitted this request; add what it
+        has refilled since and take off what we sent after. Catches stalls (a request sent
+        late has less left than our model assumed); never raises a level."""
+        h = {k.lower(): v for k, v in headers.items()}
+        now = time.monotonic()
+        for kind in ("requests", "tokens"):
+            b, raw = self.buckets[kind], h.get(f"x-ratelimit-remaining-{kind}")
+            if b is None or raw is None or b.t > now:
+                continue
+            try:
+                remaining = float(raw)
+            except ValueError:
+                continue
+            later = sum(1 if kind == "requests" else (p.actual if p.actual is not None else p.reserved)
+                        for p in self.sent if p.sent_at > permit.sent_at)
+            server_now = remaining + (now - permit.sent_at) * b.rate / b.headroom - later
+            b._refill(now)
+            if b.level > server_now:
+                b.level = server_now
+                self.stats.resyncs += 1
 
     def rate_limited(self, permit: Permit, headers: Mapping[str, str] | None) -> float:
         """A 429: pause the endpoint, restart the buckets empty, halve concurrency once per
@@ -304,8 +263,11 @@ class EndpointLimiter:
             if b is None:  # start from what the server says is left, not from a full bucket
                 left = h.get(f"x-ratelimit-remaining-{kind}")
                 level = float(left) if left and left.replace(".", "", 1).isdigit() else 0.0
-                self.buckets[kind] = _Bucket(target, self.window_s, self.burst, self.headroom, level)
+                self.buckets[kind] = _Bucket(target, self.window_s, self.burst, self.headroom, level, self.cushion_s)
                 self.stats.learned[kind] = int(limit)
+                if self.slow_start:  # pacing protects the server now; no need to creep up
+                    self.slow_start = False
+                    self.slots.cap = float(self.max_concurrency)
             elif b.limit != target:
                 b.set_limit(target)
                 self.stats.learned[kind] = int(limit)

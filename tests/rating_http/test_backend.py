@@ -100,13 +100,14 @@ def test_recovers_from_a_429_storm(judge_server_factory):
     st = get_stats(srv.url)
     assert len(results) == 20 and all(message_text(r) for r in results)
     assert st["faults"] == {"429": 6} and st["answered"] == 20 and st["duplicates"] == []
-    assert 1 <= snap["cuts"] <= 3 and snap["rate_limited"] == 6
+    # one cut per congestion event: the 429s of requests sent before a cut do not cut again
+    assert 1 <= snap["cuts"] < 6 and snap["rate_limited"] == 6
     # Retry-After honoured: no request came back within 0.4 s of the 429 it got
     for t, status, _fault, fp in st["events"]:
         if status == 429:
             again = min(t2 for t2, _s, _f, fp2 in st["events"] if fp2 == fp and t2 > t)
             assert again - t >= 0.35
-    assert snap["concurrency"] > 8 / 2 ** snap["cuts"]  # additive increase after the cut
+    assert snap["concurrency"] > max(2.0, 8 / 2 ** snap["cuts"])  # additive increase after the cuts
 
 
 def test_persistent_429_hands_the_shard_back(judge_server_factory):

@@ -153,8 +153,13 @@ def test_limits_learned_from_headers_and_slow_start():
             pass
 
     asyncio.run(take())
-    lim.answered(permit, {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "90000"}, None)
-    assert lim.limits() == {"requests": 500, "tokens": 90000} and lim.concurrency == 2
+    lim.answered(permit, None, None)
+    assert lim.concurrency == 2  # slow start: one more per success while nothing is known
+    lim.answered(permit, {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "90000",
+                          "x-ratelimit-remaining-tokens": "1200"}, None)
+    assert lim.limits() == {"requests": 500, "tokens": 90000}
+    assert lim.concurrency == 16  # pacing protects the server from here on
+    assert lim.buckets["tokens"].level <= 1200  # starts from what the server said was left
     configured = EndpointLimiter("u", rpm=100, tpm=10**6)
     configured.answered(permit, {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "90000"}, None)
     assert configured.limits() == {"requests": 100, "tokens": 90000}  # the lower of the two wins
@@ -176,3 +181,21 @@ def test_prefect_gate_is_taken_per_request(monkeypatch):
     monkeypatch.setattr(pca, "rate_limit", fake_rate_limit)
     _drive(EndpointLimiter("t", rpm=100000, window_s=1.0, gate="judge-gate"), 3)
     assert calls == [("judge-gate", 1, True)] * 3
+
+
+def test_remaining_header_lowers_a_bucket_that_holds_too_much():
+    lim = EndpointLimiter("t", tpm=60_000, window_s=60.0, burst=0.1)  # 1000 tokens/s, 6000 burst
+    permit = None
+
+    async def take() -> None:
+        nonlocal permit
+        async with lim.slot(100, 100, "x") as permit:
+            pass
+
+    asyncio.run(take())
+    assert lim.buckets["tokens"].level > 5000
+    # the server says nothing was left when it admitted this request (another client, a stall)
+    lim.answered(permit, {"x-ratelimit-remaining-tokens": "0"}, {"prompt_tokens": 100, "completion_tokens": 100})
+    assert lim.buckets["tokens"].level < 200 and lim.stats.resyncs == 1
+    lim.answered(permit, {"x-ratelimit-remaining-tokens": "59000"}, None)  # never raised by a header
+    assert lim.buckets["tokens"].level < 300
