@@ -1,11 +1,17 @@
 """A durable request journal, so that no judge request is paid for twice.
 
 Inputs: a local file path per shard, result records from a Backend. Outputs: the file
-(JSON lines, one answered result each, appended, flushed and fsync'd as it arrives) and
-`JournaledBackend`, which wraps any Backend: requests whose id already has an answer in
-the journal are answered from it; only the others reach the wrapped backend, which is not
-even started when nothing is missing. A retry, a rerun or a backfill of a shard therefore
-pays only for requests that never got an answer, even after a SIGKILL mid-shard.
+(JSON lines, one answered result each) and `JournaledBackend`, which wraps any Backend:
+requests whose id already has an answer in the journal are answered from it; only the
+others reach the wrapped backend, which is not even started when nothing is missing. A
+retry, a rerun or a backfill of a shard therefore pays only for requests that never got
+an answer, even after a SIGKILL mid-shard.
+
+Durability: each answer is written to the file (one write, flushed to the OS) before
+anyone downstream sees it, so a killed process loses no answer it received. fsync, which
+only matters if the machine itself goes down, runs at most every `fsync_interval_s`
+(0.5 s) and on close: an fsync per answer cost 1-3 ms, which made journaling the largest
+cost of a run with a fast judge (half a million answers at full scale).
 
 Only answers (HTTP 200) are journaled; an error is not an answer and is asked again next
 time. A line torn by a crash is skipped on reading and never glued to the next record.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -46,10 +53,12 @@ def answered(result: BatchResult) -> bool:
 class Journal:
     """Append-only JSONL of answered results, keyed by custom_id (the request id)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, fsync_interval_s: float = 0.5):
         self.path = Path(path)
         self.torn_lines = 0
+        self.fsync_interval_s = fsync_interval_s
         self._fh = None
+        self._synced_at = 0.0
 
     def load(self) -> dict[str, BatchResult]:
         out: dict[str, BatchResult] = {}
@@ -78,11 +87,16 @@ class Journal:
     def append(self, result: BatchResult) -> None:
         line = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\n"
         self._fh.write(line.encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._fh.flush()  # in the OS from here on: a killed process cannot lose it
+        now = time.monotonic()
+        if now - self._synced_at >= self.fsync_interval_s:
+            os.fsync(self._fh.fileno())
+            self._synced_at = now
 
     def close(self) -> None:
         if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
 
