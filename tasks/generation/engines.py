@@ -91,4 +91,4 @@ def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.mode
                                  request_timeout_s=first.request_timeout_s)
     from tasks.backends.vllm_batch import VLLMBatchBackend
 
-    return VLLMBatchBackend(**common, run_timeout_s=first.engine.run_timeout_s)
+    return VLLMBatchBackend(**common, run_timeout_s=first.engine.run_timeout_s, runner=first.engine.batch_runner)

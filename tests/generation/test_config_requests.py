@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from flows.config import ConfigError, load_config
-from tasks.backends.base import result_error, result_ok
+from tasks.backends.base import message_text, result_error, result_ok
 from tasks.generation.config import GenerationConfig, ModelEntry, demo_pool, resolve_model
 from tasks.generation.engines import engine_groups
 from tasks.generation.requests import Planned, build_request, completion_row, request_id, request_seed
@@ -60,7 +60,7 @@ def _planned(**kw) -> Planned:
 
 def test_build_request_is_an_openai_batch_line():
     entry = ModelEntry(name="m1", serve="vllm_server", model="/x",
-                       sampling={"temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"]})
+                       sampling={"temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"], "seeded": True})
     p = _planned()
     req = build_request(p, entry)
     assert req["custom_id"] == request_id(p.prompt_id, 2, "m1") == f"gen-{'ab' * 32}-2-m1"
@@ -71,7 +71,7 @@ def test_build_request_is_an_openai_batch_line():
         "temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"], "seed": request_seed(req["custom_id"]),
     }
     assert 0 <= req["body"]["seed"] < 2**31
-    unseeded = ModelEntry(name="m1", serve="openai", model="gpt-x", base_url="http://h/v1", sampling={"seeded": False})
+    unseeded = ModelEntry(name="m1", serve="openai", model="gpt-x", base_url="http://h/v1")  # default: no seed
     body = build_request(p, unseeded)["body"]
     assert "seed" not in body and body["model"] == "gpt-x"
 
@@ -100,3 +100,28 @@ def test_completion_rows():
     http = completion_row(p, {"custom_id": p.request_id, "response": {"status_code": 400, "body": {"e": 1}},
                               "error": None}, "openai")
     assert http["response"] is None and http["error"].startswith("http_400")
+
+
+def test_batch_output_lines_become_result_records(tmp_path):
+    from tasks.backends.vllm_batch import VLLMBatchBackend, _read_results
+
+    out = tmp_path / "results.jsonl"
+    lines = [
+        {"id": "b1", "custom_id": "a", "error": None,
+         "response": {"status_code": 200, "request_id": "x", "body": _body("Hi.")}},
+        {"id": "b2", "custom_id": "b", "response": None,
+         "error": {"code": "context_length_exceeded", "message": "too long"}},
+        {"id": "b3", "custom_id": "c", "error": None, "response": {"status_code": 400, "body": {"error": "bad"}}},
+    ]
+    out.write_text("\n".join(__import__("json").dumps(x) for x in lines) + "\n")
+    res = _read_results(out)
+    assert message_text(res["a"]) == "Hi." and res["a"]["error"] is None and res["a"]["latency_s"] is None
+    assert res["b"]["error"] == {"code": "context_length_exceeded", "message": "too long"}
+    assert res["c"]["error"]["code"] == "http_400"
+    be = VLLMBatchBackend("m", "/py", "/model", ["m"], str(tmp_path), runner="run_batch")
+    assert be._command(tmp_path / "i", tmp_path / "o", tmp_path / "t")[1:3] == ["-m", "vllm.entrypoints.openai.run_batch"]
+    offline = VLLMBatchBackend("m", "/py", "/model", ["m", "n"], str(tmp_path))
+    cmd = offline._command(tmp_path / "i", tmp_path / "o", tmp_path / "t")
+    assert cmd[1].endswith("vllm_offline_runner.py") and cmd[cmd.index("--served-model-name") + 1:][:2] == ["m", "n"]
+    with pytest.raises(ValueError, match="batch_runner"):
+        VLLMBatchBackend("m", "/py", "/model", ["m"], str(tmp_path), runner="fast")

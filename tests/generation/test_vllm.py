@@ -1,8 +1,8 @@
 """Real vLLM (CPU) with the converted SmolLM2-135M-Instruct: the flow, a server crash, batch mode.
 
 Needs the engine environment and model that `scripts/setup_local.sh` builds; skipped, with
-that reason, only when they are absent. Cost: three engine starts (~30 s each on two cores)
-and a few hundred generated tokens.
+that reason, only when they are absent. Cost: four engine starts (~30 s each on two idle
+cores) and a few hundred generated tokens.
 """
 from __future__ import annotations
 
@@ -105,10 +105,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_batch_mode_with_run_batch(tmp_path):
+@pytest.mark.parametrize("runner", ["offline", "run_batch"])
+def test_batch_mode(tmp_path, runner):
     store = ShardStore(str(tmp_path / "run"))
     refs = write_instruction_shards(store, per_shard=3, shards=2)
-    cfg = GenerationConfig.model_validate({"k": 1, "models": [_entry("smollm2-135m-batch", serve="vllm_batch")]})
+    entry = _entry("smollm2-135m-batch", serve="vllm_batch")
+    entry["engine"]["batch_runner"] = runner
+    cfg = GenerationConfig.model_validate({"k": 1, "models": [entry]})
     (group,) = engine_groups(cfg)
     res = run_group(store, group, refs, cfg, 42, {}, str(tmp_path / "logs"))
     assert (res.written, res.requests, res.failed_requests) == (2, 6, 0)
