@@ -1,7 +1,7 @@
 """Principles: the per-source distribution and the system-prompt pools.
 
-Inputs: `prompts/system_prompts.yaml` (our own prompt texts) and, optionally, an override
-table from `generation.principles`. Outputs: `PRINCIPLE_TABLE` (source row -> principle
+Inputs: `system_prompts.yaml` beside this module (our own prompt texts) and, optionally,
+an override table from `generation.principles`. Outputs: `PRINCIPLE_TABLE` (source row -> principle
 -> share), `system_prompts()` (principle -> list of prompts), `table_row(source_format)`.
 
 The default table is the original code's behaviour (reference, section 2). Sources read
@@ -60,7 +60,7 @@ def effective_table(override: dict[str, dict[str, float]] | None) -> dict[str, d
 @lru_cache(maxsize=1)
 def system_prompts() -> dict[str, tuple[str, ...]]:
     """Principle -> its pool of system prompts (read once from the packaged YAML)."""
-    text = resources.files("tasks.generation").joinpath("prompts/system_prompts.yaml").read_text(encoding="utf-8")
+    text = resources.files("tasks.generation").joinpath("system_prompts.yaml").read_text(encoding="utf-8")
     raw = yaml.safe_load(text)
     pools = {name: tuple(str(p).strip() for p in prompts) for name, prompts in raw.items()}
     unknown = sorted(set(pools) - set(PRINCIPLES))
