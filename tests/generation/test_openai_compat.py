@@ -108,3 +108,31 @@ def test_consumer_stopping_early_ends_the_client(judge_server_factory):
     assert time.monotonic() - started < 3
     time.sleep(0.3)
     assert get_stats(srv.url)["requests"] < 20
+
+
+def test_stage_on_an_existing_endpoint_reads_the_key_from_the_named_variable(judge_server_factory, monkeypatch,
+                                                                            tmp_path):
+    from storage.shards import ShardStore
+    from tasks.errors import InputError
+    from tasks.generation.config import GenerationConfig
+    from tasks.generation.engines import engine_groups
+    from tasks.generation.stage import merge_shard, run_group
+    from tests.generation.conftest import write_instruction_shards
+
+    srv = judge_server_factory(api_key="sk-endpoint-secret", completion_words=30)
+    store = ShardStore(str(tmp_path / "run"))
+    refs = write_instruction_shards(store, per_shard=2, shards=2)
+    cfg = GenerationConfig.model_validate({"k": 1, "models": [
+        {"name": "api-model", "serve": "openai", "model": "judge", "base_url": srv.url,
+         "api_key_env": "UF_TEST_ENDPOINT_KEY", "concurrency": 2, "sampling": {"max_tokens": 64}}]})
+    (group,) = engine_groups(cfg)
+    monkeypatch.delenv("UF_TEST_ENDPOINT_KEY", raising=False)
+    with pytest.raises(InputError, match="generation.models.api_key_env: environment variable UF_TEST_ENDPOINT_KEY"):
+        run_group(store, group, refs, cfg, 42, {}, str(tmp_path))
+    monkeypatch.setenv("UF_TEST_ENDPOINT_KEY", "sk-endpoint-secret")
+    res = run_group(store, group, refs, cfg, 42, {}, str(tmp_path))
+    assert (res.written, res.requests, res.failed_requests) == (2, 4, 0)
+    rows = [r for ref in refs for r in store.read_shard(merge_shard(store, ref, cfg, 42, {})).to_pylist()]
+    assert len(rows) == 4 and all(r["backend"] == "openai" and r["response"] and r["completion_tokens"] for r in rows)
+    assert get_stats(srv.url)["by_model"]["judge"]["requests"] == 4
+    assert not any("sk-endpoint-secret" in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
