@@ -34,6 +34,7 @@ import tasks.assemble.stats
 from flows.common import StageResult, collect, key_from_param, logger, result_storage
 from storage.keys import code_version, shard_key
 from storage.schemas import SCHEMAS, to_table
+from tasks.assemble.join import RATING_COLUMNS
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import InputError
 
@@ -64,9 +65,12 @@ def assemble_key(refs: dict[str, list[ShardRef]], cfg) -> str:
     return shard_key(STAGE, inputs, cfg.model_dump(mode="json"), _code())
 
 
-def _concat(store: ShardStore, refs: list[ShardRef], schema_name: str) -> pa.Table:
-    tables = [store.read_shard(r) for r in refs]
-    return pa.concat_tables(tables) if tables else SCHEMAS[schema_name].empty_table()
+def _concat(store: ShardStore, refs: list[ShardRef], schema_name: str, columns: list[str] | None = None) -> pa.Table:
+    tables = [store.read_shard(r, columns=columns) for r in refs]
+    if tables:
+        return pa.concat_tables(tables)
+    empty = SCHEMAS[schema_name].empty_table()
+    return empty.select(columns) if columns else empty
 
 
 def truthfulqa_files(cfg) -> list[str]:
@@ -126,7 +130,9 @@ def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]
         return {"ref": existing, "action": "kept", "summary": None}
     ins = _concat(store, refs["sample"], "instructions")
     comps = _concat(store, refs["generate"], "completions")
-    rates = _concat(store, refs["rate"], "ratings")
+    # Only the columns the outputs use: raw_text alone is half of a ratings shard.
+    columns = RATING_COLUMNS + (["permutation"] if cfg.publish.position_bias else [])
+    rates = _concat(store, refs["rate"], "ratings", columns)
     seed = cfg.publish.seed if cfg.publish.seed is not None else cfg.seed
     bias = _position_bias(cfg, store, ins, comps, rates, seed) if cfg.publish.position_bias and rates.num_rows else None
     result = publish(ins, comps, rates, output=cfg.output, config=cfg.model_dump(mode="json"),

@@ -16,6 +16,11 @@ seed, and what counts as TruthfulQA. Outputs: row dicts for three pair datasets 
 A completion enters the pairs only with a non-empty response and a score; the rest stay in
 the full dataset with nulls. Each prompt's draws use their own RNG seeded from (seed,
 prompt_id), so a prompt's pair does not change when other prompts come or go.
+
+`binarize` takes dataset row dicts and returns row dicts. At full scale the publisher
+instead builds `Prompt`s whose candidates point (`ref`) at rows of the completions table
+and materializes the pairs as Arrow tables (tasks.assemble.frames); both go through the
+same `choose`, so they pick the same pairs.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class Candidate:
     model: str
     response: str
     score: float
+    ref: int = -1  # row of this completion in the caller's table (columnar publishing)
 
 
 @dataclass
@@ -160,8 +166,11 @@ def pick_test_prompts(prompt_ids: list[str], test_rows: int, seed: int) -> set[s
     return set(ordered[:test_rows])
 
 
-def h4_pairs(prompts: list[Prompt], seed: int, stats: PairStats) -> list[dict]:
-    rows = []
+Pick = tuple[Prompt, Candidate, Candidate]  # prompt, chosen, rejected
+
+
+def h4_pairs(prompts: list[Prompt], seed: int, stats: PairStats) -> list[Pick]:
+    picks = []
     for p in prompts:
         if len(p.candidates) < 2:
             stats.prompts_with_fewer_than_two += 1
@@ -170,13 +179,13 @@ def h4_pairs(prompts: list[Prompt], seed: int, stats: PairStats) -> list[dict]:
         chosen = _best(p.candidates, rng)
         rejected = rng.choice([c for c in p.candidates if c.index != chosen.index])
         stats.h4_ties += chosen.score == rejected.score
-        rows.append(_h4_row(p, chosen, rejected))
-    stats.h4_pairs = len(rows)
-    return rows
+        picks.append((p, chosen, rejected))
+    stats.h4_pairs = len(picks)
+    return picks
 
 
-def argilla_pairs(prompts: list[Prompt], seed: int, stats: PairStats) -> list[dict]:
-    rows = []
+def argilla_pairs(prompts: list[Prompt], seed: int, stats: PairStats) -> list[Pick]:
+    picks = []
     for p in prompts:
         if len(p.candidates) < 2:
             continue
@@ -186,32 +195,63 @@ def argilla_pairs(prompts: list[Prompt], seed: int, stats: PairStats) -> list[di
         if not lower:
             stats.argilla_ties_dropped += 1
             continue
-        rejected = rng.choice(lower)
-        rows.append({
-            "source": p.source,
-            "prompt": user_turn(p.prompt),
-            "prompt_id": p.prompt_id,
-            "chosen": assistant_turn(chosen.response),
-            "chosen-rating": chosen.score,
-            "chosen-model": chosen.model,
-            "rejected": assistant_turn(rejected.response),
-            "rejected-rating": rejected.score,
-            "rejected-model": rejected.model,
-        })
-    stats.argilla_pairs = len(rows)
-    return rows
+        picks.append((p, chosen, rng.choice(lower)))
+    stats.argilla_pairs = len(picks)
+    return picks
 
 
-def all_pairs(prompts: list[Prompt], stats: PairStats) -> list[dict]:
-    rows = []
+def all_pairs(prompts: list[Prompt], stats: PairStats) -> list[Pick]:
+    picks = []
     for p in prompts:
         ranked = sorted(p.candidates, key=lambda c: (-c.score, c.index))
         for i, better in enumerate(ranked):
             for worse in ranked[i + 1:]:
                 if better.score > worse.score:
-                    rows.append(_h4_row(p, better, worse))
-    stats.all_pairs = len(rows)
-    return rows
+                    picks.append((p, better, worse))
+    stats.all_pairs = len(picks)
+    return picks
+
+
+@dataclass
+class Choice:
+    """The pairs of one run as picks, before they become rows or tables."""
+
+    h4_train: list[Pick]
+    h4_test: list[Pick]
+    argilla: list[Pick]
+    all_train: list[Pick]
+    all_test: list[Pick]
+    stats: PairStats
+
+
+def choose(prompts: list[Prompt], seed: int, test_rows: Callable[[int], int], stats: PairStats,
+           with_all_pairs: bool = True) -> Choice:
+    """H4, Argilla-clean and all pairs of collected (and filtered) prompts, split by prompt."""
+    h4 = h4_pairs(prompts, seed, stats)
+    test_ids = pick_test_prompts([p.prompt_id for p, _, _ in h4], test_rows(len(h4)), seed)
+    h4_train = [x for x in h4 if x[0].prompt_id not in test_ids]
+    h4_test = [x for x in h4 if x[0].prompt_id in test_ids]
+    stats.h4_train, stats.h4_test = len(h4_train), len(h4_test)
+    argilla = argilla_pairs(prompts, seed, stats)
+    every = all_pairs(prompts, stats) if with_all_pairs else []
+    all_train = [x for x in every if x[0].prompt_id not in test_ids]
+    all_test = [x for x in every if x[0].prompt_id in test_ids]
+    stats.all_pairs_train, stats.all_pairs_test = len(all_train), len(all_test)
+    return Choice(h4_train, h4_test, argilla, all_train, all_test, stats)
+
+
+def _argilla_row(p: Prompt, chosen: Candidate, rejected: Candidate) -> dict:
+    return {
+        "source": p.source,
+        "prompt": user_turn(p.prompt),
+        "prompt_id": p.prompt_id,
+        "chosen": assistant_turn(chosen.response),
+        "chosen-rating": chosen.score,
+        "chosen-model": chosen.model,
+        "rejected": assistant_turn(rejected.response),
+        "rejected-rating": rejected.score,
+        "rejected-model": rejected.model,
+    }
 
 
 @dataclass
@@ -233,14 +273,7 @@ def binarize(rows: list[dict], score: str, seed: int, test_rows: Callable[[int],
     prompts = collect(rows, score, stats)
     if drop_truthful:
         prompts = drop_truthful_qa(prompts, set(truthful_sources), set(truthful_questions), stats)
-    h4 = h4_pairs(prompts, seed, stats)
-    test_ids = pick_test_prompts([r["prompt_id"] for r in h4], test_rows(len(h4)), seed)
-    h4_train = [r for r in h4 if r["prompt_id"] not in test_ids]
-    h4_test = [r for r in h4 if r["prompt_id"] in test_ids]
-    stats.h4_train, stats.h4_test = len(h4_train), len(h4_test)
-    argilla = argilla_pairs(prompts, seed, stats)
-    every = all_pairs(prompts, stats) if with_all_pairs else []
-    all_train = [r for r in every if r["prompt_id"] not in test_ids]
-    all_test = [r for r in every if r["prompt_id"] in test_ids]
-    stats.all_pairs_train, stats.all_pairs_test = len(all_train), len(all_test)
-    return Pairs(h4_train, h4_test, argilla, all_train, all_test, stats)
+    c = choose(prompts, seed, test_rows, stats, with_all_pairs)
+    h4 = [_h4_row(*x) for x in c.h4_train], [_h4_row(*x) for x in c.h4_test]
+    every = [_h4_row(*x) for x in c.all_train], [_h4_row(*x) for x in c.all_test]
+    return Pairs(*h4, [_argilla_row(*x) for x in c.argilla], *every, stats)

@@ -8,23 +8,39 @@ shard of a stage concatenated). Outputs:
   score and the fine-grained score;
 - `long_table`: one row per (completion, aspect) (schema "ratings_long"), with a row of
   parse_status "missing" wherever the rating stage has none, so gaps stay visible
-  ("no_response" where the completion itself failed and so was never rated).
+  ("no_response" where the completion itself failed and so was never rated);
+- `join` / `Joined`: the shared step both are built from, which the publisher also uses
+  for the pairs and the statistics (tasks.assemble.frames).
 
 Every instruction stays, even one whose completions or ratings are missing: nulls mark
 what is absent and the pair builders leave such completions out.
+
+Everything is columnar (Arrow joins, takes and numpy), never a Python object per row: at
+the original's scale the ratings table has 1.3 million rows, and a dict per row cost
+gigabytes. `rating_string` and `fine_grained_score` state the rules on one row; the
+columnar code follows them exactly.
 """
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from storage.schemas import SCHEMAS, to_table
+from storage.schemas import DATASET, RATINGS_LONG
 from tasks.errors import InputError
 from tasks.rating.protocol import ASPECTS, CRITIQUE
 
 LONG_ASPECTS = (*ASPECTS, CRITIQUE)
+TYPED = ("truthfulness", "helpfulness")
+# What the assemble stage reads of a ratings shard (raw_text, the largest column, is not).
+RATING_COLUMNS = ["prompt_id", "completion_index", "aspect", "rating", "rating_na", "types", "rationale",
+                  "rationale_for_rating", "parse_status", "parse_reason", "judge_model", "prompt_tokens",
+                  "completion_tokens", "cost_usd", "request_id"]
+COMPLETION_COLUMNS = ["prompt_id", "completion_index", "model", "principle", "system_prompt", "response",
+                      "finish_reason", "completion_tokens", "error"]
 
 
 def rating_string(row: dict | None) -> str | None:
@@ -58,127 +74,201 @@ def fine_grained_score(aspect_rows: dict[str, dict]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _annotation(aspect: str, row: dict | None) -> dict:
-    if row is None:
-        return {"Rating": None, "Rationale": None, "Type": None, "Rationale For Rating": None}
-    typed = aspect in ("truthfulness", "helpfulness")
-    return {
-        "Rating": rating_string(row),
-        "Rationale": row.get("rationale"),
-        "Type": list(row["types"]) if typed and row.get("types") is not None else None,
-        "Rationale For Rating": row.get("rationale_for_rating") if typed else None,
-    }
+@dataclass
+class Joined:
+    """Completions of the run's prompts, sorted by (prompt_id, completion_index), with the
+    row of each aspect's rating; and where each instruction's completions are."""
+
+    instructions: pa.Table
+    comps: pa.Table  # COMPLETION_COLUMNS, sorted
+    ratings: pa.Table  # RATING_COLUMNS
+    rows: dict[str, pa.Array]  # aspect -> ratings row per completion (null: none)
+    order: np.ndarray  # completions in instruction order (indexes into comps)
+    offsets: np.ndarray  # instruction i owns order[offsets[i]:offsets[i + 1]]
+    source: pa.Array  # per completion: its instruction's source
 
 
-def index_ratings(ratings: pa.Table) -> dict[tuple[str, int], dict[str, dict]]:
-    """(prompt_id, completion_index) -> aspect -> ratings row; a repeated row is an error."""
-    out: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
-    for row in ratings.to_pylist():
-        slot = out[(row["prompt_id"], row["completion_index"])]
-        if row["aspect"] in slot:
-            raise InputError(
-                f"ratings: two rows for prompt_id {row['prompt_id']} completion {row['completion_index']} "
-                f"aspect {row['aspect']!r}; a rating shard was written twice under different shard ids")
-        slot[row["aspect"]] = row
-    return out
+def _a(col) -> pa.Array:
+    """One contiguous Array (StructArray and ListArray builders take no ChunkedArray)."""
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def index_completions(completions: pa.Table) -> dict[str, list[dict]]:
-    """prompt_id -> its completions in completion_index order."""
-    out: dict[str, list[dict]] = defaultdict(list)
-    for row in completions.to_pylist():
-        out[row["prompt_id"]].append(row)
-    for pid, rows in out.items():
-        rows.sort(key=lambda r: r["completion_index"])
-        seen = [r["completion_index"] for r in rows]
-        if len(set(seen)) != len(seen):
-            raise InputError(f"completions: prompt_id {pid} has repeated completion_index values {seen}")
-    return out
+def _check_unique(table: pa.Table, keys: list[str], what) -> None:
+    counts = table.group_by(keys).aggregate([([], "count_all")])
+    dup = counts.filter(pc.greater(counts["count_all"], 1))
+    if dup.num_rows:
+        raise InputError(what(dup.slice(0, 1).to_pylist()[0]))
 
 
-def _completion_entry(comp: dict, rated: dict[str, dict]) -> dict:
-    critique = rated.get(CRITIQUE)
-    overall = critique["rating"] if critique is not None else None
-    return {
-        "model": comp["model"],
-        "principle": comp["principle"],
-        "custom_system_prompt": comp["system_prompt"],
-        "response": comp["response"],
-        "annotations": {aspect: _annotation(aspect, rated.get(aspect)) for aspect in ASPECTS},
-        "critique": critique.get("rationale") if critique is not None else None,
-        "overall_score": float(overall) if overall is not None else None,
-        "fine-grained_score": fine_grained_score(rated),
-    }
+def _completions_error(table: pa.Table):
+    def message(first: dict) -> str:
+        pid = first["prompt_id"]
+        seen = table.filter(pc.equal(table["prompt_id"], pid))["completion_index"].to_pylist()
+        return f"completions: prompt_id {pid} has repeated completion_index values {sorted(seen)}"
+    return message
 
 
-def _answers(values: list[str] | None) -> list[str]:
+def _ratings_error(first: dict) -> str:
+    return (f"ratings: two rows for prompt_id {first['prompt_id']} completion {first['completion_index']} "
+            f"aspect {first['aspect']!r}; a rating shard was written twice under different shard ids")
+
+
+def _row_of(comps: pa.Table, ratings: pa.Table, aspect: str) -> pa.Array:
+    """Per completion, the row of its `aspect` rating (null when there is none)."""
+    mine = ratings.select(["prompt_id", "completion_index"]).append_column(
+        "_r", pa.array(np.arange(ratings.num_rows, dtype=np.int64))).filter(pc.equal(ratings["aspect"], aspect))
+    left = comps.select(["prompt_id", "completion_index"]).append_column(
+        "_c", pa.array(np.arange(comps.num_rows, dtype=np.int64)))
+    joined = left.join(mine, keys=["prompt_id", "completion_index"], join_type="left outer")
+    joined = joined.sort_by("_c")
+    return joined["_r"].combine_chunks()
+
+
+def join(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> Joined:
+    """Check for repeated rows, sort, and look every rating up (see `Joined`)."""
+    _check_unique(completions.select(["prompt_id", "completion_index"]), ["prompt_id", "completion_index"],
+                  _completions_error(completions))
+    ratings = ratings.select(RATING_COLUMNS).combine_chunks()
+    _check_unique(ratings.select(["prompt_id", "completion_index", "aspect"]),
+                  ["prompt_id", "completion_index", "aspect"], _ratings_error)
+    ins_ids = instructions["prompt_id"].combine_chunks()
+    comps = completions.select(COMPLETION_COLUMNS)
+    comps = comps.filter(pc.is_in(comps["prompt_id"], value_set=ins_ids))  # prompts no longer in the plan go
+    comps = comps.sort_by([("prompt_id", "ascending"), ("completion_index", "ascending")]).combine_chunks()
+    rows = {aspect: _row_of(comps, ratings, aspect) for aspect in LONG_ASPECTS}
+    order, offsets = _instruction_order(ins_ids, comps["prompt_id"].combine_chunks())
+    source = instructions["source"].combine_chunks().take(pc.index_in(comps["prompt_id"], value_set=ins_ids))
+    return Joined(instructions, comps, ratings, rows, order, offsets, source)
+
+
+def _instruction_order(ins_ids: pa.Array, comp_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Completions regrouped in instruction order (a repeated instruction repeats them)."""
+    n = len(comp_ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(len(ins_ids) + 1, dtype=np.int64)
+    change = np.ones(n, dtype=bool)
+    if n > 1:
+        change[1:] = pc.not_equal(comp_ids.slice(1), comp_ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(change)
+    counts = np.diff(np.append(starts, n))
+    where = pc.index_in(ins_ids, value_set=comp_ids.take(pa.array(starts)))
+    found = where.is_valid().to_numpy(zero_copy_only=False)
+    pos = where.fill_null(0).to_numpy(zero_copy_only=False)
+    per_ins = np.where(found, counts[pos], 0)
+    first = np.where(found, starts[pos], 0)
+    offsets = np.zeros(len(ins_ids) + 1, dtype=np.int64)
+    np.cumsum(per_ins, out=offsets[1:])
+    order = np.repeat(first - offsets[:-1], per_ins) + np.arange(offsets[-1], dtype=np.int64)
+    return order, offsets
+
+
+def rating_strings(rating: pa.Array, na: pa.Array) -> pa.Array:
+    """`rating_string` over columns: "N/A", the rating's string, or null."""
+    values = pc.unique(rating.drop_null())
+    text = [rating_string({"rating_na": False, "rating": v}) for v in values.to_pylist()]
+    mapped = pa.array(text, pa.string()).take(pc.index_in(rating, value_set=values))
+    return pc.if_else(pc.fill_null(na, False), pa.scalar("N/A"), mapped)
+
+
+def _annotation(j: Joined, aspect: str) -> pa.StructArray:
+    t = j.ratings.take(j.rows[aspect])
+    typed = aspect in TYPED
+    none_list = pa.nulls(len(t), pa.list_(pa.string()))
+    none_str = pa.nulls(len(t), pa.string())
+    return pa.StructArray.from_arrays(
+        [rating_strings(_a(t["rating"]), _a(t["rating_na"])), _a(t["rationale"]),
+         _a(t["types"]) if typed else none_list, _a(t["rationale_for_rating"]) if typed else none_str],
+        fields=list(DATASET.field("completions").type.value_type.field("annotations").type.field(aspect).type))
+
+
+def fine_grained_scores(j: Joined) -> pa.Array:
+    """`fine_grained_score` over columns (the sum runs in aspect order, as there)."""
+    n = j.comps.num_rows
+    invalid = np.zeros(n, dtype=bool)
+    count = np.zeros(n, dtype=np.int64)
+    total = np.zeros(n, dtype=np.float64)
+    for aspect in ASPECTS:
+        t = j.ratings.select(["rating", "rating_na"]).take(j.rows[aspect])
+        present = j.rows[aspect].is_valid().to_numpy(zero_copy_only=False)
+        na = t["rating_na"].fill_null(False).to_numpy(zero_copy_only=False)
+        missing_value = t["rating"].is_null().to_numpy(zero_copy_only=False)
+        value = t["rating"].fill_null(0.0).to_numpy(zero_copy_only=False)
+        invalid |= ~present | (~na & missing_value)
+        use = present & ~na
+        total = total + np.where(use, value, 0.0)
+        count += use
+    ok = ~invalid & (count > 0)
+    score = np.divide(total, count, out=np.zeros(n), where=ok)
+    return pa.array(score, pa.float64(), mask=~ok)
+
+
+def completion_structs(j: Joined) -> pa.StructArray:
+    """Every completion as the dataset's nested completion struct, in `comps` order."""
+    crit = j.ratings.select(["rating", "rationale"]).take(j.rows[CRITIQUE])
+    ann_type = DATASET.field("completions").type.value_type.field("annotations").type
+    annotations = pa.StructArray.from_arrays([_annotation(j, a) for a in ASPECTS], fields=list(ann_type))
+    c = j.comps
+    return pa.StructArray.from_arrays(
+        [_a(c["model"]), _a(c["principle"]), _a(c["system_prompt"]), _a(c["response"]), annotations,
+         _a(crit["rationale"]), _a(crit["rating"]), fine_grained_scores(j)],
+        fields=list(DATASET.field("completions").type.value_type))
+
+
+def _answers(col: pa.ChunkedArray) -> pa.Array:
     # The original writes ["None"] where a source has no reference answers.
-    return list(values) if values else ["None"]
+    return pa.array([list(v) if v else ["None"] for v in col.to_pylist()], pa.list_(pa.string()))
 
 
-def dataset_rows(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> list[dict]:
-    comps = index_completions(completions)
-    rates = index_ratings(ratings)
-    rows = []
-    for ins in instructions.to_pylist():
-        pid = ins["prompt_id"]
-        entries = [_completion_entry(c, rates.get((pid, c["completion_index"]), {})) for c in comps.get(pid, [])]
-        rows.append({
-            "source": ins["source"],
-            "prompt_id": pid,
-            "instruction": ins["instruction"],
-            "models": [e["model"] for e in entries],
-            "correct_answers": _answers(ins["correct_answers"]),
-            "incorrect_answers": _answers(ins["incorrect_answers"]),
-            "completions": entries,
-        })
-    return rows
+def dataset_from(j: Joined) -> pa.Table:
+    """The openbmb/UltraFeedback-layout table (schema "dataset") of a join."""
+    ins = j.instructions
+    offsets = pa.array(j.offsets.astype(np.int32))
+    take = pa.array(j.order)
+    models = pa.ListArray.from_arrays(offsets, _a(j.comps["model"]).take(take))
+    comps = pa.ListArray.from_arrays(offsets, completion_structs(j).take(take))
+    return pa.Table.from_arrays(
+        [_a(ins["source"]), _a(ins["prompt_id"]), _a(ins["instruction"]), models, _answers(ins["correct_answers"]),
+         _answers(ins["incorrect_answers"]), comps], schema=DATASET)
 
 
 def dataset_table(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> pa.Table:
-    """The openbmb/UltraFeedback-layout table (schema "dataset")."""
-    return _table(dataset_rows(instructions, completions, ratings), "dataset")
+    return dataset_from(join(instructions, completions, ratings))
 
 
-def long_rows(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> list[dict]:
-    source = {r["prompt_id"]: r["source"] for r in instructions.select(["prompt_id", "source"]).to_pylist()}
-    rates = index_ratings(ratings)
-    rows = []
-    for comp in sorted(completions.to_pylist(), key=lambda c: (c["prompt_id"], c["completion_index"])):
-        pid, idx = comp["prompt_id"], comp["completion_index"]
-        if pid not in source:
-            continue  # a completion of an instruction no longer in the plan
-        rated = rates.get((pid, idx), {})
-        # A completion that failed to generate is never rated: that is not a rating failure.
-        unrated, why = ("missing", "no rating row") if comp["response"] is not None else \
-            ("no_response", f"generation failed: {comp['error'] or 'no response'}")
-        for aspect in LONG_ASPECTS:
-            r = rated.get(aspect)
-            rows.append({
-                "prompt_id": pid, "source": source[pid], "completion_index": idx,
-                "model": comp["model"], "principle": comp["principle"], "aspect": aspect,
-                "rating": r["rating"] if r else None,
-                "rating_na": bool(r["rating_na"]) if r else False,
-                "types": r["types"] if r else None,
-                "parse_status": r["parse_status"] if r else unrated,
-                "parse_reason": r["parse_reason"] if r else why,
-                "judge_model": r["judge_model"] if r else None,
-                "judge_prompt_tokens": r["prompt_tokens"] if r else None,
-                "judge_completion_tokens": r["completion_tokens"] if r else None,
-                "cost_usd": r["cost_usd"] if r else None,
-                "request_id": r["request_id"] if r else None,
-                "response_tokens": comp["completion_tokens"],
-                "finish_reason": comp["finish_reason"],
-            })
-    return rows
+def dataset_rows(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> list[dict]:
+    """The dataset as row dicts (small inputs: tests, examples)."""
+    return dataset_table(instructions, completions, ratings).to_pylist()
+
+
+def long_from(j: Joined) -> pa.Table:
+    """One row per (completion, aspect) (schema "ratings_long") of a join."""
+    n, k = j.comps.num_rows, len(LONG_ASPECTS)
+    each = pa.array(np.repeat(np.arange(n, dtype=np.int64), k))
+    rows = np.stack([j.rows[a].to_numpy(zero_copy_only=False) for a in LONG_ASPECTS], axis=1).reshape(-1) \
+        if n else np.zeros(0)
+    valid = ~np.isnan(rows) if rows.dtype.kind == "f" else np.ones(len(rows), dtype=bool)
+    r_idx = pa.array(np.where(valid, rows, 0).astype(np.int64), mask=~valid)
+    c = {name: _a(col) for name, col in zip(j.comps.column_names, j.comps.take(each).columns)}
+    t = {name: _a(col) for name, col in zip(j.ratings.column_names, j.ratings.take(r_idx).columns)}
+    has = pa.array(valid)
+    # A completion that failed to generate is never rated: that is not a rating failure.
+    failed = c["response"].is_null()
+    error = pc.if_else(pc.equal(pc.fill_null(c["error"], ""), ""), pa.scalar("no response"), c["error"])
+    unrated = pc.if_else(failed, pa.scalar("no_response"), pa.scalar("missing"))
+    why = pc.if_else(failed, pc.binary_join_element_wise("generation failed: ", error, ""), pa.scalar("no rating row"))
+    columns = {
+        "prompt_id": c["prompt_id"], "source": j.source.take(each), "completion_index": c["completion_index"],
+        "model": c["model"], "principle": c["principle"],
+        "aspect": pa.array(np.tile(np.array(LONG_ASPECTS, dtype=object), n), pa.string()),
+        "rating": t["rating"], "rating_na": pc.fill_null(t["rating_na"], False), "types": t["types"],
+        "parse_status": pc.if_else(has, t["parse_status"], unrated),
+        "parse_reason": pc.if_else(has, t["parse_reason"], why),
+        "judge_model": t["judge_model"], "judge_prompt_tokens": t["prompt_tokens"],
+        "judge_completion_tokens": t["completion_tokens"], "cost_usd": t["cost_usd"], "request_id": t["request_id"],
+        "response_tokens": c["completion_tokens"], "finish_reason": c["finish_reason"],
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in RATINGS_LONG], schema=RATINGS_LONG)
 
 
 def long_table(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> pa.Table:
-    """One row per (completion, aspect) (schema "ratings_long")."""
-    return _table(long_rows(instructions, completions, ratings), "ratings_long")
-
-
-def _table(rows: list[dict], schema_name: str) -> pa.Table:
-    if not rows:
-        return SCHEMAS[schema_name].empty_table()
-    return to_table(rows, schema_name)
+    return long_from(join(instructions, completions, ratings))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.backends.base import Backend, make_request, message_text
 from tasks.rating import prompts
@@ -54,20 +55,25 @@ class BiasResult:
 
 def sample_prompts(ratings: pa.Table, sample: int, seed: int) -> list[str]:
     """Seeded sample of prompts that have an aspect call over two or more completions."""
-    rows = ratings.select(["prompt_id", "aspect", "permutation"]).to_pylist()
-    eligible = sorted({r["prompt_id"] for r in rows if r["aspect"] in ASPECTS and len(r["permutation"] or []) >= 2})
+    mask = pc.and_(pc.is_in(ratings["aspect"], value_set=pa.array(ASPECTS)),
+                   pc.greater_equal(pc.fill_null(pc.list_value_length(ratings["permutation"]), 0), 2))
+    eligible = sorted(pc.unique(ratings.filter(mask)["prompt_id"]).to_pylist())
     return sorted(random.Random(seed).sample(eligible, min(sample, len(eligible))))
 
 
 def build_rechecks(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, cfg: RatingConfig,
                    prompt_ids: list[str]) -> list[Recheck]:
     wanted = set(prompt_ids)
-    inst = {r["prompt_id"]: r for r in instructions.to_pylist() if r["prompt_id"] in wanted}
+    ids = pa.array(sorted(wanted), pa.string())
+
+    def mine(table: pa.Table) -> pa.Table:  # only the sampled prompts become Python rows
+        return table.filter(pc.is_in(table["prompt_id"], value_set=ids))
+
+    inst = {r["prompt_id"]: r for r in mine(instructions).to_pylist()}
     responses = {(r["prompt_id"], r["completion_index"]): r["response"]
-                 for r in completions.select(["prompt_id", "completion_index", "response"]).to_pylist()
-                 if r["prompt_id"] in wanted}
+                 for r in mine(completions.select(["prompt_id", "completion_index", "response"])).to_pylist()}
     calls: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
-    for r in ratings.to_pylist():
+    for r in mine(ratings).to_pylist():
         if r["prompt_id"] in wanted and r["aspect"] in cfg.aspects and r["permutation"]:
             calls[(r["prompt_id"], r["aspect"])][r["completion_index"]] = r
     ep = cfg.endpoint

@@ -28,12 +28,12 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from storage.schemas import SCHEMAS, to_table
 from storage.tables import remove_files, write_bytes, write_table, write_text
-from tasks.assemble.binarize import binarize
+from tasks.assemble import frames
+from tasks.assemble.binarize import PairStats, choose, drop_truthful_qa
 from tasks.assemble.card import render_card
 from tasks.assemble.config import PublishConfig
-from tasks.assemble.join import dataset_rows, long_table
+from tasks.assemble.join import dataset_from, join, long_from
 from tasks.assemble.plots import render_all
 from tasks.assemble.report import publish_artifacts, render_report
 from tasks.assemble.stats import RunStats, run_stats
@@ -91,38 +91,38 @@ def write_parts(root: str, folder: str, prefix: str, table: pa.Table, schema_nam
     return files
 
 
-def _rows_table(rows: list[dict], schema_name: str) -> pa.Table:
-    return to_table(rows, schema_name) if rows else SCHEMAS[schema_name].empty_table()
-
-
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
             truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None,
             notes: list[str] | None = None) -> PublishResult:
     root = output.rstrip("/")
-    rows = dataset_rows(instructions, completions, ratings)
-    long = long_table(instructions, completions, ratings)
-    pairs = binarize(rows, publish_cfg.score, seed, publish_cfg.test_rows, truthful_sources=truthful_sources,
-                     truthful_questions=truthful_questions, drop_truthful=publish_cfg.drop_truthful_qa,
-                     with_all_pairs=publish_cfg.all_pairs)
     n = publish_cfg.shard_rows
-    files = write_parts(root, "dataset", "train", _rows_table(rows, "dataset"), "dataset", n)
+    joined = join(instructions, completions, ratings)
+    # Each table is written and dropped before the next is built: peak memory stays near one of them.
+    files = write_parts(root, "dataset", "train", dataset_from(joined), "dataset", n)
+    long = long_from(joined)
     files += write_parts(root, "dataset_long", "train", long, "ratings_long", n)
-    files += write_parts(root, "preferences/h4", "train_prefs", _rows_table(pairs.h4_train, "preferences_h4"),
+    comps = frames.completion_frame(joined)
+    pair_stats_obj = PairStats()
+    prompts = frames.prompts(joined, comps, publish_cfg.score, pair_stats_obj)
+    if publish_cfg.drop_truthful_qa:
+        prompts = drop_truthful_qa(prompts, set(truthful_sources), set(truthful_questions), pair_stats_obj)
+    pairs = choose(prompts, seed, publish_cfg.test_rows, pair_stats_obj, with_all_pairs=publish_cfg.all_pairs)
+    files += write_parts(root, "preferences/h4", "train_prefs", frames.h4_table(joined, pairs.h4_train),
                          "preferences_h4", n)
-    files += write_parts(root, "preferences/h4", "test_prefs", _rows_table(pairs.h4_test, "preferences_h4"),
+    files += write_parts(root, "preferences/h4", "test_prefs", frames.h4_table(joined, pairs.h4_test),
                          "preferences_h4", n)
-    files += write_parts(root, "preferences/argilla", "train", _rows_table(pairs.argilla, "preferences_argilla"),
+    files += write_parts(root, "preferences/argilla", "train", frames.argilla_table(joined, pairs.argilla),
                          "preferences_argilla", n)
     if publish_cfg.all_pairs:
-        files += write_parts(root, "preferences/all_pairs", "train", _rows_table(pairs.all_train, "preferences_h4"),
+        files += write_parts(root, "preferences/all_pairs", "train", frames.h4_table(joined, pairs.all_train),
                              "preferences_h4", n)
-        files += write_parts(root, "preferences/all_pairs", "test", _rows_table(pairs.all_test, "preferences_h4"),
+        files += write_parts(root, "preferences/all_pairs", "test", frames.h4_table(joined, pairs.all_test),
                              "preferences_h4", n)
     else:
         remove_files(f"{root}/preferences/all_pairs/*.parquet")
 
-    stats = run_stats(instructions, completions, long, rows)
+    stats = run_stats(instructions, completions, long, comps)
     pair_stats = pairs.stats.as_dict()
     plots = render_all(stats) if publish_cfg.plots else {}
     for name, png in plots.items():

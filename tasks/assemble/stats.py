@@ -2,9 +2,11 @@
 artifacts show.
 
 Inputs: the stage tables (INSTRUCTIONS, COMPLETIONS), the long ratings table
-("ratings_long") and the assembled dataset rows. Output: `RunStats`, a set of small pandas
-DataFrames, each with plain column names so they render as Markdown and as Prefect table
-artifacts alike.
+("ratings_long") and one row per completion with its scores (`completion_frame`, or
+tasks.assemble.frames.completion_frame at scale). Output: `RunStats`, a set of small
+pandas DataFrames, each with plain column names so they render as Markdown and as Prefect
+table artifacts alike. Per-row work is vectorized: the long table has a row per
+completion and aspect (1.3 million at the original's scale).
 
 Judge tokens and cost are counted once per judge call: the rows of one call share a
 request_id and each carries the whole call's usage.
@@ -56,13 +58,18 @@ def completion_frame(dataset_rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
-def _rating_value(row) -> str:
-    if row["rating_na"]:
-        return "N/A"
-    if pd.isna(row["rating"]):
-        return "no rating"
-    r = row["rating"]
+def _value_text(r: float) -> str:
     return str(int(r)) if float(r).is_integer() else f"{r:g}"
+
+
+def rating_values(long: pd.DataFrame) -> pd.Series:
+    """Per row: "N/A", "no rating" or the rating as text ("4")."""
+    rating = long["rating"].astype("float64")
+    texts = {v: _value_text(v) for v in pd.unique(rating.dropna())}
+    values = rating.map(texts).astype(object)
+    values[rating.isna()] = "no rating"
+    values[long["rating_na"].fillna(False).astype(bool).to_numpy()] = "N/A"
+    return values
 
 
 def rating_counts(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -70,7 +77,7 @@ def rating_counts(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if aspects.empty:
         empty = pd.DataFrame(columns=["aspect", *RATING_VALUES])
         return empty, pd.DataFrame(columns=["model", "aspect", "value", "count"])
-    aspects["value"] = aspects.apply(_rating_value, axis=1)
+    aspects["value"] = rating_values(aspects)
     by_model = aspects.groupby(["model", "aspect", "value"]).size().reset_index(name="count")
     table = aspects.groupby(["aspect", "value"]).size().unstack(fill_value=0)
     table = table.reindex(index=list(ASPECTS), columns=RATING_VALUES, fill_value=0).fillna(0).astype(int)
@@ -132,9 +139,13 @@ def correlation_table(comps: pd.DataFrame) -> pd.DataFrame:
     return corr.reindex(index=cols, columns=cols).astype(float).round(3).reset_index(names="aspect")
 
 
-def run_stats(instructions: pa.Table, completions: pa.Table, long_table: pa.Table, dataset_rows: list[dict]) -> RunStats:
-    long = long_table.to_pandas()
-    comps = completion_frame(dataset_rows)
+LONG_COLUMNS = ["aspect", "model", "rating", "rating_na", "parse_status", "request_id", "cost_usd",
+                "judge_prompt_tokens", "judge_completion_tokens"]
+
+
+def run_stats(instructions: pa.Table, completions: pa.Table, long_table: pa.Table, comps: pd.DataFrame) -> RunStats:
+    """`comps`: one row per completion with its scores (see the module docstring)."""
+    long = long_table.select(LONG_COLUMNS).to_pandas()
     ins = instructions.select(["source", "source_format"]).to_pandas()
     sources = ins.groupby(["source", "source_format"]).size().reset_index(name="instructions")
     per_source = comps.groupby("source").size().rename("completions")
