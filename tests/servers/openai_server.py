@@ -202,12 +202,12 @@ class _Handler(BaseHTTPRequestHandler):
         srv, state = self.server, self.server.state
         fp = request_fingerprint(body)
         receipt = state.receive(fp)
-        status, fault_kind, usage, model = 500, None, None, body.get("model")
+        status, fault_kind, usage, model, note = 500, None, None, body.get("model"), None
         try:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                status = 400
-                return self._error(400, "messages: expected a non-empty list", "invalid_request_error")
+                status, note = 400, f"messages: expected a non-empty list, got {str(messages)[:200]}"
+                return self._error(400, note, "invalid_request_error")
             fault = self._trigger(body, receipt)
             fault_kind = fault[0] if fault else None
             if fault_kind == "429":
@@ -228,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
             if status == 200:
                 usage = {"prompt_tokens": p_tok, "completion_tokens": c_tok}
         finally:
-            state.done(fp, status, fault_kind, model, usage)
+            state.done(fp, status, fault_kind, model, usage, note)
 
     def _rate_limited(self, wait: float, headers: dict[str, str]) -> None:
         headers = {**headers, "retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(math.ceil(wait * 1000))}

@@ -115,6 +115,7 @@ class ServerState:
             self.rate_limited = 0
             self.in_flight = self.max_in_flight = 0
             self.admit_times: list[tuple[float, int]] = []  # (time, total tokens) of admitted requests
+            self.refusals: list[str] = []  # messages of the first 4xx answers other than 429
             self.events: list[tuple[float, int, str | None, str]] = []  # (time, status, fault, fingerprint)
             self.t0 = time.monotonic()
 
@@ -185,8 +186,10 @@ class ServerState:
             return self._headers()
 
     def done(self, fp: str, status: int, fault: str | None, model: str | None = None,
-             usage: dict | None = None) -> None:
+             usage: dict | None = None, note: str | None = None) -> None:
         with self.lock:
+            if note and len(self.refusals) < 20:
+                self.refusals.append(note)
             self.in_flight -= 1
             self.by_status[str(status)] = self.by_status.get(str(status), 0) + 1
             self.events.append((time.monotonic() - self.t0, status, fault, fp))
@@ -216,6 +219,7 @@ class ServerState:
                 "by_model": {k: dict(v) for k, v in self.by_model.items()},
                 "fingerprints": {k: dict(v) for k, v in self.fps.items()},
                 "duplicates": sorted(k for k, v in self.fps.items() if v["answered"] > 1),
+                "refusals": list(self.refusals),
                 "max_in_flight": self.max_in_flight,
                 "in_flight": self.in_flight,
                 "admitted": [list(x) for x in self.admit_times],
