@@ -11,16 +11,17 @@ limiter.slot(...)` returns when the request may be sent.
   debited or refunded, and the prompt estimate is corrected by the observed ratio.
 - Buckets refill continuously at limit x headroom / window and hold a small burst, so
   requests are paced rather than sent in a minute's worth at once. A request goes when the
-  buckets cover its whole estimated cost; nothing is booked ahead, so each waiter decides
-  with the latest reconciled levels.
+  buckets cover its whole estimated cost plus a small cushion (`cushion_s` of refill, kept
+  for good: it absorbs requests that reach the server bunched after a stall); nothing is
+  booked ahead, so each waiter decides with the latest reconciled levels.
 - `x-ratelimit-limit-requests/-tokens` headers lower (or set) the configured limits;
   `x-ratelimit-remaining-*` lowers a bucket that holds more than the server can have left
   (a request that reached the server late, a key shared with another client).
 - On a 429 the endpoint pauses for `retry-after-ms` / `Retry-After` / `x-ratelimit-reset-*`
   (full-jitter exponential when none is given), the buckets restart empty after the pause,
-  and the concurrency cap halves once per
-  congestion event; each success adds 1/cap back (additive increase). With no limit known
-  up front it starts at one request in flight and adds one per success until the first 429.
+  and the concurrency cap halves once per congestion event; each success adds 1/cap back
+  (additive increase). With no limit known up front it starts at one request in flight and
+  adds one per success until the first 429 or the first limit headers.
 
 One limiter per endpoint per process (`limiter_for`), shared by every thread and event loop:
 state sits behind a threading lock and a waiter sleeps (asyncio.sleep) exactly until the
