@@ -58,8 +58,6 @@ class OpenAIJudgeBackend:
             tpm=endpoint.tpm, max_concurrency=endpoint.max_concurrency, learn_limits=endpoint.learn_limits,
             window_s=window_s, gate=gate, model=endpoint.model)
         self._key: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> "OpenAIJudgeBackend":
@@ -99,7 +97,8 @@ class OpenAIJudgeBackend:
             return
         out: queue.Queue = queue.Queue()
         started = threading.Event()
-        worker = threading.Thread(target=self._thread_main, args=(reqs, out, started), daemon=True,
+        ctl: dict[str, Any] = {}  # the worker's loop and main task, to cancel it from here
+        worker = threading.Thread(target=self._thread_main, args=(reqs, out, started, ctl), daemon=True,
                                   name=f"judge-{self.endpoint.name}")
         worker.start()
         started.wait()
@@ -112,7 +111,7 @@ class OpenAIJudgeBackend:
                     raise item
                 yield item
         finally:
-            loop, main = self._loop, self._main
+            loop, main = ctl.get("loop"), ctl.get("main")
             if worker.is_alive() and loop is not None and main is not None:
                 try:
                     loop.call_soon_threadsafe(main.cancel)  # the consumer stopped early
@@ -120,9 +119,9 @@ class OpenAIJudgeBackend:
                     pass
             worker.join(timeout=30)
 
-    def _thread_main(self, reqs: list[BatchRequest], out: queue.Queue, started: threading.Event) -> None:
+    def _thread_main(self, reqs: list[BatchRequest], out: queue.Queue, started: threading.Event, ctl: dict) -> None:
         async def main() -> None:
-            self._loop, self._main = asyncio.get_running_loop(), asyncio.current_task()
+            ctl["loop"], ctl["main"] = asyncio.get_running_loop(), asyncio.current_task()
             started.set()
             client = self._client()
             try:
