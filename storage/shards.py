@@ -41,8 +41,23 @@ class ShardRef:
         return asdict(self)
 
 
+def _canonical(t: pa.DataType) -> pa.DataType:
+    """The type with every list's child field named "element", as Parquet reads it back."""
+    if pa.types.is_list(t):
+        return pa.list_(pa.field("element", _canonical(t.value_type), t.value_field.nullable))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _canonical(f.type), f.nullable) for f in t])
+    return t
+
+
 def table_hash(table: pa.Table) -> str:
     """Content hash of a table: stable for equal schema and values."""
+    # A list's child field is "item" in a table built in memory and "element" once read
+    # back from Parquet; the name is not content, so both hash as "element" (and a marker's
+    # hash can be checked against its file).
+    schema = pa.schema([pa.field(f.name, _canonical(f.type), f.nullable) for f in table.schema])
+    if any(str(a.type) != str(b.type) for a, b in zip(schema, table.schema)):
+        table = table.cast(schema)
     # IPC of a slice can carry the parent's unused child buffers; `take` makes the
     # buffers canonical so equal rows hash equal wherever they were sliced from.
     table = table.take(pa.array(range(table.num_rows), type=pa.int64()))
