@@ -181,8 +181,10 @@ class RichDisplay:
     """A rich progress bar per stage for `ultrafeedback run` / `backfill` on a terminal."""
 
     def __init__(self, console=None):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        console = console or Console(stderr=True)  # stdout carries the JSON summary
         self.progress = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("shards {task.fields[detail]}"), TimeElapsedColumn(),
                                  console=console, transient=False)
