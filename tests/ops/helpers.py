@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from flows.config import load_config
 
-SCRIPTED = "tests/fixtures/configs/scripted.yaml"
+SCRIPTED = str(Path(__file__).resolve().parents[1] / "fixtures" / "configs" / "scripted.yaml")
 
 
 def scripted(out: str | Path, *overrides: str):

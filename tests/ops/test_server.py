@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,10 +24,12 @@ pytestmark = pytest.mark.server
 POOL = "ultrafeedback-cpu"
 FAILED = "sharegpt-00000"
 RUN_TIMEOUT_S = 240
+ROOT = Path(__file__).resolve().parents[2]  # `deployments` is run from the checkout, not installed
 
 
 def _run(server, *args, check=True, timeout=180):
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=server.env(), timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=server.env(), timeout=timeout,
+                          cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -41,7 +44,8 @@ def deployed(prefect_server, tmp_path_factory):
         from deployments.spec import load_spec
 
         boots.append(bootstrap(load_spec()))
-    dep = _run(prefect_server, "-m", "deployments.deploy", "--config", SCRIPTED, "--out", str(out), "--pool", POOL)
+    dep = _run(prefect_server, "-m", "deployments.deploy", "--config", SCRIPTED, "--out", str(out),
+               "--pool", POOL)
     prefect_server.start_worker(POOL)
     return {"out": str(out), "bootstrap": boots, "deploy": dep.stdout, "cfg": scripted(out)}
 
