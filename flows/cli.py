@@ -69,6 +69,13 @@ def cmd_run(args) -> int:
     with cli_display(_show_progress(args)):
         summary = ultrafeedback(config=cfg, stages=stages)
     print(json.dumps(summary, indent=1, default=str))
+    failed = {st: info["shards"]["failed"] for st, info in summary["stages"].items()
+              if st in stages and (info.get("shards") or {}).get("failed")}
+    if failed:
+        # The finished shards are kept; a backfill reruns only what failed.
+        print(f"ultrafeedback: shards failed {failed}; finish the run with: "
+              f"ultrafeedback backfill --out {cfg.output}", file=sys.stderr)
+        return 1
     return 0
 
 
