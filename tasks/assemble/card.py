@@ -165,7 +165,8 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "\n## Ratings\n", "Count of each rating per aspect (\"no rating\": unreadable, failed or never rated).\n",
         table(stats.ratings), "\n### Parse failures\n", table(stats.parse),
         "\n### Aspect correlation\n", table(stats.correlation),
-        "\n## Cost\n", "Judge tokens and dollars are counted once per judge call.\n", table(stats.cost),
+        "\n## Cost\n", "Calls: generation requests, and judge calls (one per instruction and aspect, one per critique). "
+        "Judge tokens and dollars are counted once per call, re-asks included.\n", table(stats.cost),
         "\n## Preference pairs\n", _pairs_section(pair_stats, config.get("publish", {})),
     ]
     if position_bias is not None:

@@ -155,9 +155,9 @@ def cost(stats: RunStats) -> bytes:
     ax1.bar(c["stage"], c["completion_tokens"], bottom=c["prompt_tokens"], color="#fdae61", label="completion tokens")
     ax1.set_ylabel("tokens")
     ax1.set_xlabel("stage")
-    ax1.set_title("tokens (requests on top)")
-    for x, (p, q, n) in enumerate(zip(c["prompt_tokens"], c["completion_tokens"], c["requests"])):
-        ax1.text(x, p + q, f"{n:,} requests", ha="center", va="bottom", fontsize=9)
+    ax1.set_title("tokens (calls on top; re-asks count in their call's tokens)")
+    for x, (p, q, n) in enumerate(zip(c["prompt_tokens"], c["completion_tokens"], c["calls"])):
+        ax1.text(x, p + q, f"{n:,} calls", ha="center", va="bottom", fontsize=9)
     ax1.set_ylim(0, max(1, float((c["prompt_tokens"] + c["completion_tokens"]).max())) * 1.15)
     ax1.legend()
     usd = c["usd"].astype(float)

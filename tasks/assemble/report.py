@@ -23,7 +23,8 @@ CAPTIONS = {
                         "score of each model's completions."),
     "rating_distribution.png": ("Rating distribution per model and aspect", "Share of each rating; N/A in grey, "
                                 "completions without a readable rating in black."),
-    "correlation.png": ("Aspect-to-aspect correlation", "Pearson correlation of the ratings of the same completion."),
+    "correlation.png": ("Aspect-to-aspect correlation", "Pearson correlation of the ratings of the same completion; "
+                        "– where fewer than 3 completions have both ratings or one of them never varies."),
     "parse_failures.png": ("Parse failures", "Share of judge answers per aspect that gave no usable rating."),
     "cost.png": ("Tokens and cost per stage", "Generation runs on local engines and is not priced."),
 }

@@ -9,7 +9,7 @@ table artifacts alike. Per-row work is vectorized: the long table has a row per
 completion and aspect (1.3 million at the original's scale).
 
 Judge tokens and cost are counted once per judge call: the rows of one call share a
-request_id and each carries the whole call's usage.
+request_id and each carries the whole call's usage (re-asks included).
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def parse_table(long: pd.DataFrame) -> pd.DataFrame:
 def cost_table(completions: pa.Table, long: pd.DataFrame) -> pd.DataFrame:
     comp = completions.select(["prompt_tokens", "completion_tokens", "latency_s", "error"]).to_pandas()
     rows = [{
-        "stage": "generate", "requests": len(comp), "failed": int(comp["error"].notna().sum()),
+        "stage": "generate", "calls": len(comp), "failed": int(comp["error"].notna().sum()),
         "prompt_tokens": int(comp["prompt_tokens"].fillna(0).sum()),
         "completion_tokens": int(comp["completion_tokens"].fillna(0).sum()),
         "latency_s": round(float(comp["latency_s"].fillna(0).sum()), 2), "usd": None,
@@ -112,7 +112,7 @@ def cost_table(completions: pa.Table, long: pd.DataFrame) -> pd.DataFrame:
     calls = long.dropna(subset=["request_id"]).drop_duplicates("request_id")
     priced = calls["cost_usd"].notna()
     rows.append({
-        "stage": "rate", "requests": len(calls),
+        "stage": "rate", "calls": len(calls),
         "failed": int((calls["parse_status"] == "failed").sum()),
         "prompt_tokens": int(calls["judge_prompt_tokens"].fillna(0).sum()),
         "completion_tokens": int(calls["judge_completion_tokens"].fillna(0).sum()),
