@@ -50,7 +50,8 @@ def instructions(n: int) -> list[dict]:
 def pool(model: str, max_tokens: int, serve: str = "vllm_server", extra_args: list[str] | None = None) -> GenerationConfig:
     return GenerationConfig.model_validate({"k": 1, "models": [{
         "name": "bench", "serve": serve, "model": model, "max_model_len": 4096,
-        "sampling": {"max_tokens": max_tokens},
+        # Every completion runs to max_tokens on both sides, so both generate the same tokens.
+        "sampling": {"max_tokens": max_tokens, "extra": {"ignore_eos": True}},
         "engine": {"startup_timeout_s": 600, "extra_args": extra_args or []}}]})
 
 

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -83,9 +84,11 @@ def run_external(name: str, url: str, folder: Path, args) -> dict:
     py = VENVS / tool / "bin" / "python"
     if not py.exists():
         return {"error": f"{py} missing: python3 -m venv {py.parent.parent} and pip install (see docs/benchmarks.md)"}
+    for stale in (f"{tool}-home", f"{tool}-cache"):  # curator would answer a rerun from its cache
+        shutil.rmtree(folder / stale, ignore_errors=True)
     env = {**os.environ, "DO_NOT_TRACK": "1", "CURATOR_DISABLE_TELEMETRY": "1", "TELEMETRY_ENABLED": "false",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HOME": str(folder / f"{name}-home"),
-           "CURATOR_CACHE_DIR": str(folder / f"{name}-cache"), "DISTILABEL_CACHE_DIR": str(folder / f"{name}-cache")}
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HOME": str(folder / f"{tool}-home"),
+           "CURATOR_CACHE_DIR": str(folder / f"{tool}-cache"), "DISTILABEL_CACHE_DIR": str(folder / f"{tool}-cache")}
     cmd = [str(py), str(CLIENTS / f"{tool}_client.py"), "--url", url, "--folder", str(folder),
            "--rpm", str(args.rpm), "--tpm", str(args.tpm), "--concurrency", str(args.concurrency), *extra]
     try:
@@ -158,7 +161,9 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-        run = {"client": client, **(measure(stats, args, wall, len(requests)) if stats["admitted"] else {})}
+        # distilabel's UltraFeedback task makes the four aspect calls only (no critique calls)
+        workload = 4 * len(rows) if name.startswith("distilabel") else len(requests)
+        run = {"client": client, **(measure(stats, args, wall, workload) if stats["admitted"] else {})}
         results["runs"][name] = run
         print(json.dumps({name: run}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

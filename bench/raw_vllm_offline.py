@@ -28,8 +28,10 @@ def main() -> None:
     bodies = [json.loads(line)["body"] for line in open(args.requests, encoding="utf-8") if line.strip()]
     llm = LLM(model=args.model, max_model_len=args.max_model_len, dtype=args.dtype, enforce_eager=True)
     loaded = time.monotonic()
+    extra = ("top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos")
     params = [SamplingParams(temperature=b["temperature"], top_p=b["top_p"], max_tokens=b["max_tokens"],
-                             seed=b.get("seed"), stop=b.get("stop")) for b in bodies]
+                             seed=b.get("seed"), stop=b.get("stop"), **{k: b[k] for k in extra if k in b})
+              for b in bodies]
     outputs = llm.chat([b["messages"] for b in bodies], params, use_tqdm=False)
     done = time.monotonic()
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)

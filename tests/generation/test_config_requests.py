@@ -60,7 +60,8 @@ def _planned(**kw) -> Planned:
 
 def test_build_request_is_an_openai_batch_line():
     entry = ModelEntry(name="m1", serve="vllm_server", model="/x",
-                       sampling={"temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"], "seeded": True})
+                       sampling={"temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"], "seeded": True,
+                                 "extra": {"repetition_penalty": 1.1}})
     p = _planned()
     req = build_request(p, entry)
     assert req["custom_id"] == request_id(p.prompt_id, 2, "m1") == f"gen-{'ab' * 32}-2-m1"
@@ -68,7 +69,8 @@ def test_build_request_is_an_openai_batch_line():
     assert req["body"] == {
         "model": "m1",
         "messages": [{"role": "system", "content": "Be honest."}, {"role": "user", "content": "Name a prime."}],
-        "temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"], "seed": request_seed(req["custom_id"]),
+        "temperature": 0.7, "top_p": 0.9, "max_tokens": 64, "stop": ["###"], "repetition_penalty": 1.1,
+        "seed": request_seed(req["custom_id"]),
     }
     assert 0 <= req["body"]["seed"] < 2**31
     unseeded = ModelEntry(name="m1", serve="openai", model="gpt-x", base_url="http://h/v1")  # default: no seed

@@ -1,0 +1,130 @@
+"""One measured pipeline run, in its own process (started by bench/scale.py).
+
+Inputs: a run config YAML, the path of the result JSON, and optionally a stage to profile.
+Outputs: the result JSON: wall time of each stage (the time its runner took inside the
+flow), of the whole flow call and of the process; peak RSS of this process overall and
+per stage (sampled every 50 ms, plus the kernel's high-water mark), and the peak RSS of
+the Prefect API server this process started; the stage summaries; and with --profile a
+cProfile dump of that stage (`<result>.<stage>.prof`).
+
+Run: python bench/scale_run.py CONFIG RESULT_JSON [--profile rate]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+T0 = time.monotonic()
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of this process (and, separately, of its children) since the last mark."""
+
+    def __init__(self, period_s: float = 0.05):
+        super().__init__(daemon=True)
+        self.proc = psutil.Process()
+        self.period_s = period_s
+        self.peak = self.window_peak = self.children_peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        children, listed = [], 0.0
+        while not self.stop.wait(self.period_s):
+            rss = self.proc.memory_info().rss
+            self.peak = max(self.peak, rss)
+            self.window_peak = max(self.window_peak, rss)
+            if time.monotonic() - listed > 2.0:  # listing walks /proc: not every tick
+                children, listed = self.proc.children(recursive=True), time.monotonic()
+            kids = 0
+            for child in children:
+                try:
+                    kids += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.children_peak = max(self.children_peak, kids)
+
+    def mark(self) -> int:
+        peak, self.window_peak = self.window_peak, self.proc.memory_info().rss
+        return peak
+
+
+def _timed(name: str, fn, out: dict, sampler: Sampler, profile: str | None, prof_path: str):
+    def wrapper(cfg, store, upstream):
+        sampler.mark()
+        t = time.monotonic()
+        out.setdefault("_first_start", t)
+        if profile == name:
+            import cProfile
+
+            prof = cProfile.Profile()
+            result = prof.runcall(fn, cfg, store, upstream)
+            prof.dump_stats(prof_path)
+        else:
+            result = fn(cfg, store, upstream)
+        out["_last_end"] = time.monotonic()
+        out[name] = {"wall_s": round(out["_last_end"] - t, 3), "peak_rss_mb": round(sampler.mark() / 2**20, 1),
+                     "summary": result.summary}
+        return result
+
+    return wrapper
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("result")
+    ap.add_argument("--profile", choices=["sample", "generate", "rate", "assemble"])
+    args = ap.parse_args()
+
+    sampler = Sampler()
+    sampler.start()
+    import flows.stage_assemble
+    import flows.stage_generate
+    import flows.stage_rate
+    import flows.stage_sample
+    from flows.config import load_config
+    from flows.ultrafeedback import ultrafeedback
+
+    imported_s = time.monotonic() - T0
+    stages: dict[str, dict] = {}
+    prof = f"{args.result}.{args.profile}.prof"
+    for mod, name in ((flows.stage_sample, "sample"), (flows.stage_generate, "generate"),
+                      (flows.stage_rate, "rate"), (flows.stage_assemble, "assemble")):
+        runner = f"run_{name}"
+        setattr(mod, runner, _timed(name, getattr(mod, runner), stages, sampler, args.profile, prof))
+
+    cfg = load_config(args.config)
+    t = time.monotonic()
+    ultrafeedback(config=cfg)
+    end = time.monotonic()
+    flow_s = end - t
+    first, last = stages.pop("_first_start"), stages.pop("_last_end")
+    sampler.stop.set()
+    sampler.join()
+    result = {
+        "import_s": round(imported_s, 3),
+        "flow_s": round(flow_s, 3),
+        "stages_s": round(sum(s["wall_s"] for s in stages.values()), 3),
+        "flow_start_s": round(first - t, 3),  # flow call to the first stage: mostly the Prefect API server's start
+        "flow_end_s": round(end - last, 3),  # last stage to the flow's return: manifest, run summary, flow end
+        "process_s": round(time.monotonic() - T0, 3),
+        "peak_rss_mb": round(max(sampler.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20, 1),
+        "children_peak_rss_mb": round(sampler.children_peak / 2**20, 1),
+        "stages": stages,
+        "pid": os.getpid(),
+    }
+    Path(args.result).write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
