@@ -89,6 +89,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     for ev in decon.get("eval_files") or []:
         if isinstance(ev, dict) and "path" in ev:
             ev["path"] = fix(ev["path"])
+    publish = raw.get("publish")
+    if isinstance(publish, dict) and isinstance(publish.get("truthfulqa_file"), str):
+        publish["truthfulqa_file"] = fix(publish["truthfulqa_file"])
     if isinstance(raw.get("output"), str):
         raw["output"] = fix(raw["output"])
     return raw
