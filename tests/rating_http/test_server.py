@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -94,8 +95,9 @@ def test_rpm_limit_gives_429_with_openai_headers(judge_server_factory):
     h = last_429.headers
     assert h["x-ratelimit-limit-requests"] == "12" and h["x-ratelimit-remaining-requests"] == "0"
     wait = float(h["retry-after-ms"]) / 1000
-    assert 0 < wait <= 0.5 and h["retry-after"] == "1"
-    assert 0.5 <= parse_duration(h["x-ratelimit-reset-requests"]) <= 1.0  # until the bucket is full again
+    assert 0 < wait <= 0.5 * codes.count(429) and h["retry-after"] == str(max(1, math.ceil(wait)))
+    # until the bucket is full again; each 429 also used up a request (OpenAI counts them too)
+    assert 0.5 <= parse_duration(h["x-ratelimit-reset-requests"]) <= 1.0 + 0.5 * codes.count(429)
     assert get_stats(srv.url)["rate_limited"] == codes.count(429)
 
 

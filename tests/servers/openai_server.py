@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--window-s", type=float, default=60.0, help="length of the rate-limit 'minute' (scaled time)")
     ap.add_argument("--burst", type=float, default=1 / 60, help="bucket capacity as a fraction of the window's limit")
     ap.add_argument("--no-limit-headers", action="store_true", help="do not send x-ratelimit-limit-* headers")
+    ap.add_argument("--free-rejections", action="store_true", help="429'd requests do not count against the RPM limit")
     ap.add_argument("--api-key", default=None, help="require this key (default: accept any)")
     ap.add_argument("--latency-s", type=float, default=0.0)
     ap.add_argument("--latency-per-token-s", type=float, default=0.0)
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-seconds", type=float, default=3600.0, help="stop after this long (bounded by design)")
     args = ap.parse_args(argv)
     limits = Limits(rpm=args.rpm, tpm=args.tpm, window_s=args.window_s, burst=args.burst,
-                    headers=not args.no_limit_headers)
+                    headers=not args.no_limit_headers, charge_rejected=not args.free_rejections)
     srv = JudgeServer(args.port, limits, [_cli_fault(f) for f in args.fault], args.api_key, args.latency_s,
                       args.latency_per_token_s, args.rationale_words, args.completion_words).start()
     print(srv.url, flush=True)

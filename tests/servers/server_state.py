@@ -7,7 +7,8 @@ openai_server.py.
 
 Limits work like OpenAI's: RPM and TPM buckets refill continuously at limit/window and hold
 at most `burst` of the window's limit (OpenAI enforces a minute's limit over shorter
-quanta). A request is admitted when each bucket holds at least min(cost, capacity); its
+quanta), and, as OpenAI documents, a rejected request still counts against the request
+limit, so resending without waiting does not help. A request is admitted when each bucket holds at least min(cost, capacity); its
 full cost is then taken, so a request larger than the burst capacity waits for a full
 bucket instead of never passing. `window_s` scales time for fast tests.
 """
@@ -91,6 +92,7 @@ class Limits:
     window_s: float = 60.0
     burst: float = 1 / 60
     headers: bool = True  # send x-ratelimit-limit-* headers
+    charge_rejected: bool = True  # a 429'd request still uses one request of the RPM limit
 
 
 class ServerState:
@@ -164,6 +166,8 @@ class ServerState:
                 self.admit_times.append((now - self.t0, cost))
             else:
                 self.rate_limited += 1
+                if self.rpm and self.limits.charge_rejected:
+                    self.rpm.take(1)
             return wait == 0, wait, self._headers()
 
     def _headers(self) -> dict[str, str]:
