@@ -90,13 +90,12 @@ class _Todo:
 
 def _plan_todo(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], cfg: GenerationConfig,
                seed: int, rows_by_source: dict, out: GroupResult) -> list[_Todo]:
-    names = set(group.names)
     todo = []
     for ref in instr_refs:
         planned = plan_shard(store.read_shard(ref), cfg, seed, rows_by_source)
         for entry in group.entries:
             mine = [p for p in planned if p.model == entry.name]
-            if not mine or entry.name not in names:
+            if not mine:
                 continue
             key = part_key(ref, entry, cfg, seed, rows_by_source)
             done = store.done_with_key(part_stage(entry.name), ref.shard_id, key)
