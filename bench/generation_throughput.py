@@ -10,7 +10,8 @@ the stage sends (same messages, sampling and per-request seeds), in the vLLM env
 (2) the stage's own `run_group` with serve=vllm_server: it launches the server, sends every
 request with the stage's client, writes the part shards and stops the server.
 "Steady" rates divide generated tokens by generation time only (model load and server
-start excluded); "end to end" rates include them. Rounds alternate to spread machine
+start excluded); "end to end" rates include them. Every completion runs to max_tokens
+(ignore_eos) so both sides generate the same tokens. Rounds alternate to spread machine
 noise over both sides. This is a benchmark, not a timed test.
 
 Usage: python bench/generation_throughput.py [--prompts 64] [--max-tokens 256] [--rounds 2]
@@ -47,12 +48,13 @@ def instructions(n: int) -> list[dict]:
     return rows[:n]
 
 
-def pool(model: str, max_tokens: int, serve: str = "vllm_server", extra_args: list[str] | None = None) -> GenerationConfig:
+def pool(model: str, max_tokens: int, serve: str = "vllm_server", extra_args: list[str] | None = None,
+         python: str | None = None) -> GenerationConfig:
     return GenerationConfig.model_validate({"k": 1, "models": [{
         "name": "bench", "serve": serve, "model": model, "max_model_len": 4096,
         # Every completion runs to max_tokens on both sides, so both generate the same tokens.
         "sampling": {"max_tokens": max_tokens, "extra": {"ignore_eos": True}},
-        "engine": {"startup_timeout_s": 600, "extra_args": extra_args or []}}]})
+        "engine": {"startup_timeout_s": 600, "extra_args": extra_args or [], "python": python}}]})
 
 
 def run_raw(entry, requests_path: Path, workdir: Path) -> dict:
@@ -92,11 +94,12 @@ def main() -> None:
     ap.add_argument("--model", default="{models_dir}/SmolLM2-135M-Instruct")
     ap.add_argument("--serve", default="vllm_server", choices=["vllm_server", "vllm_batch"])
     ap.add_argument("--engine-args", default="", help="extra vLLM arguments for the stage's engine, one string")
+    ap.add_argument("--engine-python", default=None, help="the vLLM environment's python (default: the local one)")
     ap.add_argument("--out", default=None, help="write the JSON result here too")
     args = ap.parse_args()
 
     rows = instructions(args.prompts)
-    cfg = pool(args.model, args.max_tokens, args.serve, args.engine_args.split())
+    cfg = pool(args.model, args.max_tokens, args.serve, args.engine_args.split(), args.engine_python)
     entry = cfg.models[0]
     with tempfile.TemporaryDirectory(prefix="uf-bench-") as tmp:
         workdir = Path(tmp)
