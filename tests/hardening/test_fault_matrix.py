@@ -307,7 +307,7 @@ def test_judge_server_down_mid_shard_then_back(tmp_path):
               "by_status": {k: first["by_status"].get(k, 0) + second["by_status"].get(k, 0)
                             for k in set(first["by_status"]) | set(second["by_status"])},
               "faults": {}, "duplicates": sorted(before & after)}
-    record("judge server down mid-shard, back 2 s later", merged, stats, handed_back,
+    record("judge server down mid-shard, back 5 s later", merged, stats, handed_back,
            answered_before_outage=len(before))
 
 
