@@ -54,7 +54,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, str(ROOT / "tests/servers/openai_server.py"), "--port", "0", "--rpm", str(args.rpm),
            "--tpm", str(args.tpm), "--burst", str(args.burst), "--latency-s", str(args.latency_s),
            "--latency-per-token-s", str(args.latency_per_token_s), "--completion-words", str(args.completion_words),
-           "--max-seconds", str(args.timeout_s + 60)]
+           "--max-seconds", str(args.timeout_s + 60)] + (["--free-rejections"] if args.free_rejections else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return proc, proc.stdout.readline().strip()
 
@@ -140,10 +140,12 @@ def main() -> None:
     ap.add_argument("--completion-words", type=int, default=230,
                     help="answer size for prompts in no judge format of ours (distilabel's), ~ our aspect answers")
     ap.add_argument("--timeout-s", type=int, default=420, help="cap per client run")
+    ap.add_argument("--free-rejections", action="store_true",
+                    help="the server does not count 429'd requests against its RPM limit (OpenAI does)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "judge_goodput.json"))
     args = ap.parse_args()
 
-    folder = Path(args.out).parent / "judge_workload"
+    folder = Path(args.out).resolve().parent / "judge_workload"
     rows, requests = build(args.instructions)
     write(folder, rows, requests)
     results = {"config": {**vars(args), "requests": len(requests), "python": platform.python_version(),
@@ -178,9 +180,11 @@ def table(results: dict) -> str:
         if "goodput" not in r:
             lines.append(f"| {name} | failed: {r['client'].get('error')} | | | | | | |")
             continue
+        # span-based goodput means nothing for a client that gave up on part of the work
+        done = r["answered"] >= r["workload_requests"]
+        span = f"{r['goodput']:.1%} | {r['goodput_sending']:.1%}" if done else "– (gave up) | –"
         lines.append(f"| {name} | {r['answered']} / {r['workload_requests']} | {r['requests_received']} | "
-                     f"{r['http_429']} ({r['share_429']:.2%}) | {r['binding']} | {r['goodput']:.1%} | "
-                     f"{r['goodput_sending']:.1%} | {r['goodput_wall']:.1%} |")
+                     f"{r['http_429']} ({r['share_429']:.2%}) | {r['binding']} | {span} | {r['goodput_wall']:.1%} |")
     return "\n".join(lines)
 
 
