@@ -46,12 +46,17 @@ def completion_frame(j: Joined) -> pd.DataFrame:
     response = _a(comps["response"]).take(pa.array(order))
     has_response = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(response)), 0), False)
     crit = _a(j.ratings["rating"]).take(j.rows[CRITIQUE]).to_numpy(zero_copy_only=False)
+    take = pa.array(order)
+
+    def text(col: pa.Array) -> np.ndarray:  # repeated strings share one Python object each
+        return col.take(take).to_pandas(deduplicate_objects=True).to_numpy(dtype=object)
+
     frame = {
-        "prompt_id": _a(comps["prompt_id"]).take(pa.array(order)).to_numpy(zero_copy_only=False),
-        "source": j.source.take(pa.array(order)).to_numpy(zero_copy_only=False),
+        "prompt_id": text(_a(comps["prompt_id"])),
+        "source": text(j.source),
         "completion_index": positions,
-        "model": _a(comps["model"]).take(pa.array(order)).to_numpy(zero_copy_only=False),
-        "principle": _a(comps["principle"]).take(pa.array(order)).to_numpy(zero_copy_only=False),
+        "model": text(_a(comps["model"])),
+        "principle": text(_a(comps["principle"])),
         "has_response": has_response.to_numpy(zero_copy_only=False),
         "overall": crit.astype(np.float64)[order],
         "fine_grained": fine_grained_scores(j).to_numpy(zero_copy_only=False)[order],

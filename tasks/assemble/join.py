@@ -170,8 +170,13 @@ def rating_strings(rating: pa.Array, na: pa.Array) -> pa.Array:
     return pc.if_else(pc.fill_null(na, False), pa.scalar("N/A"), mapped)
 
 
-def _annotation(j: Joined, aspect: str) -> pa.StructArray:
-    t = j.ratings.take(j.rows[aspect])
+def _rows(j: Joined, aspect: str, idx: pa.Array | None) -> pa.Array:
+    """Ratings rows of `aspect` for the completions `idx` (all when None)."""
+    return j.rows[aspect] if idx is None else j.rows[aspect].take(idx)
+
+
+def _annotation(j: Joined, aspect: str, idx: pa.Array | None) -> pa.StructArray:
+    t = j.ratings.take(_rows(j, aspect, idx))
     typed = aspect in TYPED
     none_list = pa.nulls(len(t), pa.list_(pa.string()))
     none_str = pa.nulls(len(t), pa.string())
@@ -181,15 +186,16 @@ def _annotation(j: Joined, aspect: str) -> pa.StructArray:
         fields=list(DATASET.field("completions").type.value_type.field("annotations").type.field(aspect).type))
 
 
-def fine_grained_scores(j: Joined) -> pa.Array:
+def fine_grained_scores(j: Joined, idx: pa.Array | None = None) -> pa.Array:
     """`fine_grained_score` over columns (the sum runs in aspect order, as there)."""
-    n = j.comps.num_rows
+    n = j.comps.num_rows if idx is None else len(idx)
     invalid = np.zeros(n, dtype=bool)
     count = np.zeros(n, dtype=np.int64)
     total = np.zeros(n, dtype=np.float64)
     for aspect in ASPECTS:
-        t = j.ratings.select(["rating", "rating_na"]).take(j.rows[aspect])
-        present = j.rows[aspect].is_valid().to_numpy(zero_copy_only=False)
+        rows = _rows(j, aspect, idx)
+        t = j.ratings.select(["rating", "rating_na"]).take(rows)
+        present = rows.is_valid().to_numpy(zero_copy_only=False)
         na = t["rating_na"].fill_null(False).to_numpy(zero_copy_only=False)
         missing_value = t["rating"].is_null().to_numpy(zero_copy_only=False)
         value = t["rating"].fill_null(0.0).to_numpy(zero_copy_only=False)
@@ -202,15 +208,15 @@ def fine_grained_scores(j: Joined) -> pa.Array:
     return pa.array(score, pa.float64(), mask=~ok)
 
 
-def completion_structs(j: Joined) -> pa.StructArray:
-    """Every completion as the dataset's nested completion struct, in `comps` order."""
-    crit = j.ratings.select(["rating", "rationale"]).take(j.rows[CRITIQUE])
+def completion_structs(j: Joined, idx: pa.Array) -> pa.StructArray:
+    """The completions `idx` (rows of `comps`) as the dataset's nested completion structs."""
+    crit = j.ratings.select(["rating", "rationale"]).take(_rows(j, CRITIQUE, idx))
     ann_type = DATASET.field("completions").type.value_type.field("annotations").type
-    annotations = pa.StructArray.from_arrays([_annotation(j, a) for a in ASPECTS], fields=list(ann_type))
-    c = j.comps
+    annotations = pa.StructArray.from_arrays([_annotation(j, a, idx) for a in ASPECTS], fields=list(ann_type))
+    c = j.comps.select(["model", "principle", "system_prompt", "response"]).take(idx)
     return pa.StructArray.from_arrays(
         [_a(c["model"]), _a(c["principle"]), _a(c["system_prompt"]), _a(c["response"]), annotations,
-         _a(crit["rationale"]), _a(crit["rating"]), fine_grained_scores(j)],
+         _a(crit["rationale"]), _a(crit["rating"]), fine_grained_scores(j, idx)],
         fields=list(DATASET.field("completions").type.value_type))
 
 
@@ -219,13 +225,15 @@ def _answers(col: pa.ChunkedArray) -> pa.Array:
     return pa.array([list(v) if v else ["None"] for v in col.to_pylist()], pa.list_(pa.string()))
 
 
-def dataset_from(j: Joined) -> pa.Table:
-    """The openbmb/UltraFeedback-layout table (schema "dataset") of a join."""
-    ins = j.instructions
-    offsets = pa.array(j.offsets.astype(np.int32))
-    take = pa.array(j.order)
+def dataset_from(j: Joined, lo: int = 0, hi: int | None = None) -> pa.Table:
+    """Rows [lo, hi) of the openbmb/UltraFeedback-layout table (schema "dataset") of a join."""
+    hi = j.instructions.num_rows if hi is None else hi
+    ins = j.instructions.slice(lo, hi - lo)
+    first, last = int(j.offsets[lo]), int(j.offsets[hi])
+    offsets = pa.array((j.offsets[lo:hi + 1] - first).astype(np.int32))
+    take = pa.array(j.order[first:last])
     models = pa.ListArray.from_arrays(offsets, _a(j.comps["model"]).take(take))
-    comps = pa.ListArray.from_arrays(offsets, completion_structs(j).take(take))
+    comps = pa.ListArray.from_arrays(offsets, completion_structs(j, take))
     return pa.Table.from_arrays(
         [_a(ins["source"]), _a(ins["prompt_id"]), _a(ins["instruction"]), models, _answers(ins["correct_answers"]),
          _answers(ins["incorrect_answers"]), comps], schema=DATASET)
@@ -240,12 +248,26 @@ def dataset_rows(instructions: pa.Table, completions: pa.Table, ratings: pa.Tabl
     return dataset_table(instructions, completions, ratings).to_pylist()
 
 
-def long_from(j: Joined) -> pa.Table:
-    """One row per (completion, aspect) (schema "ratings_long") of a join."""
-    n, k = j.comps.num_rows, len(LONG_ASPECTS)
-    each = pa.array(np.repeat(np.arange(n, dtype=np.int64), k))
-    rows = np.stack([j.rows[a].to_numpy(zero_copy_only=False) for a in LONG_ASPECTS], axis=1).reshape(-1) \
-        if n else np.zeros(0)
+def long_rows(j: Joined) -> int:
+    return j.comps.num_rows * len(LONG_ASPECTS)
+
+
+def long_from(j: Joined, lo: int = 0, hi: int | None = None) -> pa.Table:
+    """Rows [lo, hi) of the long table (schema "ratings_long"): one row per (completion,
+    aspect), completions in (prompt_id, completion_index) order."""
+    k = len(LONG_ASPECTS)
+    hi = long_rows(j) if hi is None else hi
+    c_lo, c_hi = lo // k, -(-hi // k)
+    table = _long_of(j, c_lo, c_hi)
+    return table.slice(lo - c_lo * k, hi - lo)
+
+
+def _long_of(j: Joined, c_lo: int, c_hi: int) -> pa.Table:
+    """The long rows of completions [c_lo, c_hi)."""
+    n, k = c_hi - c_lo, len(LONG_ASPECTS)
+    each = pa.array(np.repeat(np.arange(c_lo, c_hi, dtype=np.int64), k))
+    rows = np.stack([j.rows[a].slice(c_lo, n).to_numpy(zero_copy_only=False) for a in LONG_ASPECTS],
+                    axis=1).reshape(-1) if n else np.zeros(0)
     valid = ~np.isnan(rows) if rows.dtype.kind == "f" else np.ones(len(rows), dtype=bool)
     r_idx = pa.array(np.where(valid, rows, 0).astype(np.int64), mask=~valid)
     c = {name: _a(col) for name, col in zip(j.comps.column_names, j.comps.take(each).columns)}

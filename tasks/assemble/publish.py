@@ -23,20 +23,26 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from storage.tables import remove_files, write_bytes, write_table, write_text
+from storage.schemas import SCHEMAS
+from storage.tables import remove_files, write_bytes, write_table_chunks, write_text
 from tasks.assemble import frames
 from tasks.assemble.binarize import PairStats, choose, drop_truthful_qa
 from tasks.assemble.card import render_card
 from tasks.assemble.config import PublishConfig
-from tasks.assemble.join import dataset_from, join, long_from
+from tasks.assemble.join import dataset_from, join, long_from, long_rows
 from tasks.assemble.plots import render_all
 from tasks.assemble.report import publish_artifacts, render_report
-from tasks.assemble.stats import RunStats, run_stats
+from tasks.assemble.stats import LONG_COLUMNS, RunStats, run_stats
+
+
+CHUNK_ROWS = 5000  # rows of a dataset or pair table built at once (a dataset row holds 4 completions)
 
 
 @dataclass
@@ -74,13 +80,21 @@ def write_parts(root: str, folder: str, prefix: str, table: pa.Table, schema_nam
                 shard_rows: int) -> list[OutputFile]:
     """`{folder}/{prefix}-00000-of-0000N.parquet`; no file for zero rows, since `datasets`
     cannot load an empty Parquet split (the card then leaves that split out)."""
-    n = math.ceil(table.num_rows / shard_rows)
+    return write_parts_built(root, folder, prefix, table.num_rows, lambda lo, hi: table.slice(lo, hi - lo),
+                             schema_name, shard_rows, shard_rows)
+
+
+def write_parts_built(root: str, folder: str, prefix: str, total: int, build: Callable[[int, int], pa.Table],
+                      schema_name: str, shard_rows: int, chunk_rows: int) -> list[OutputFile]:
+    """As `write_parts`, for a table of `total` rows that `build(lo, hi)` makes a slice at a
+    time: at most `chunk_rows` rows of it are in memory while a part file streams out."""
+    n = math.ceil(total / shard_rows)
     files = []
     for i in range(n):
         rel = f"{folder}/{prefix}-{i:05d}-of-{n:05d}.parquet"
-        part = table.slice(i * shard_rows, shard_rows)
-        write_table(f"{root}/{rel}", part, schema_name)
-        files.append(OutputFile(rel, schema_name, part.num_rows))
+        lo, hi = i * shard_rows, min((i + 1) * shard_rows, total)
+        chunks = (build(a, min(a + chunk_rows, hi)) for a in range(lo, hi, chunk_rows))
+        files.append(OutputFile(rel, schema_name, write_table_chunks(f"{root}/{rel}", chunks, schema_name)))
     keep = {f.path.rsplit("/", 1)[1] for f in files}
     fs, base = fsspec.core.url_to_fs(f"{root}/{folder}")
     if not fs.exists(base):
@@ -98,27 +112,39 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     root = output.rstrip("/")
     n = publish_cfg.shard_rows
     joined = join(instructions, completions, ratings)
-    # Each table is written and dropped before the next is built: peak memory stays near one of them.
-    files = write_parts(root, "dataset", "train", dataset_from(joined), "dataset", n)
-    long = long_from(joined)
-    files += write_parts(root, "dataset_long", "train", long, "ratings_long", n)
+    # Every output streams out a slice at a time (CHUNK_ROWS): at the original's scale the
+    # long table has 1.3 million rows and the pair files hold a few hundred thousand texts.
+    files = write_parts_built(root, "dataset", "train", instructions.num_rows,
+                              lambda lo, hi: dataset_from(joined, lo, hi), "dataset", n, CHUNK_ROWS)
+    slim: list[pa.Table] = []  # what the statistics need of the long table
+
+    def long_part(lo: int, hi: int) -> pa.Table:
+        table = long_from(joined, lo, hi)
+        slim.append(table.select([*LONG_COLUMNS, "judge_model"]))
+        return table
+
+    files += write_parts_built(root, "dataset_long", "train", long_rows(joined), long_part, "ratings_long", n, n)
+    long = pa.concat_tables(slim) if slim else SCHEMAS["ratings_long"].empty_table()
     comps = frames.completion_frame(joined)
     pair_stats_obj = PairStats()
     prompts = frames.prompts(joined, comps, publish_cfg.score, pair_stats_obj)
     if publish_cfg.drop_truthful_qa:
         prompts = drop_truthful_qa(prompts, set(truthful_sources), set(truthful_questions), pair_stats_obj)
     pairs = choose(prompts, seed, publish_cfg.test_rows, pair_stats_obj, with_all_pairs=publish_cfg.all_pairs)
-    files += write_parts(root, "preferences/h4", "train_prefs", frames.h4_table(joined, pairs.h4_train),
-                         "preferences_h4", n)
-    files += write_parts(root, "preferences/h4", "test_prefs", frames.h4_table(joined, pairs.h4_test),
-                         "preferences_h4", n)
-    files += write_parts(root, "preferences/argilla", "train", frames.argilla_table(joined, pairs.argilla),
-                         "preferences_argilla", n)
+    del prompts
+
+    def pair_files(folder: str, prefix: str, picks: list, argilla: bool = False) -> list[OutputFile]:
+        make = frames.argilla_table if argilla else frames.h4_table
+        schema_name = "preferences_argilla" if argilla else "preferences_h4"
+        return write_parts_built(root, folder, prefix, len(picks), lambda lo, hi: make(joined, picks[lo:hi]),
+                                 schema_name, n, CHUNK_ROWS)
+
+    files += pair_files("preferences/h4", "train_prefs", pairs.h4_train)
+    files += pair_files("preferences/h4", "test_prefs", pairs.h4_test)
+    files += pair_files("preferences/argilla", "train", pairs.argilla, argilla=True)
     if publish_cfg.all_pairs:
-        files += write_parts(root, "preferences/all_pairs", "train", frames.h4_table(joined, pairs.all_train),
-                             "preferences_h4", n)
-        files += write_parts(root, "preferences/all_pairs", "test", frames.h4_table(joined, pairs.all_test),
-                             "preferences_h4", n)
+        files += pair_files("preferences/all_pairs", "train", pairs.all_train)
+        files += pair_files("preferences/all_pairs", "test", pairs.all_test)
     else:
         remove_files(f"{root}/preferences/all_pairs/*.parquet")
 
@@ -131,7 +157,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     name = config.get("name", "ultrafeedback")
     report_md = render_report(name, stats, pair_stats, list(plots), position_bias)
     write_text(f"{root}/report/report.md", report_md)
-    judges = sorted({j for j in long.column("judge_model").to_pylist() if j})
+    judges = sorted(j for j in pc.unique(long["judge_model"]).to_pylist() if j)
     card = render_card(config, stats, pair_stats, judges, position_bias, files=[f.path for f in files],
                        notes=notes)
     write_text(f"{root}/README.md", card)
