@@ -21,11 +21,10 @@ from contextlib import nullcontext
 from prefect import allow_failure, task
 
 from flows.common import StageResult, collect, key_from_param, logger, result_storage
-from storage.keys import stable_hash
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import TransientError
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
-from tasks.generation.stage import STAGE, merge_key, merge_shard, part_key, run_group
+from tasks.generation.stage import STAGE, merge_key, merge_shard, run_group
 
 
 def _transient_only(task, task_run, state) -> bool:
@@ -50,8 +49,12 @@ def log_dir(store: ShardStore) -> str:
 
 
 @task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient_only)
-def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], key: str) -> dict:
-    """Bring one engine up, generate every unfinished part of its entries, stop it."""
+def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef]) -> dict:
+    """Bring one engine up, generate every unfinished part of its entries, stop it.
+
+    Not cached by Prefect: the parts' done markers decide what is left to do, and a task
+    with nothing left to do starts no engine.
+    """
     store = ShardStore(cfg.output)
     gate = nullcontext()
     if cfg.generation.gpu_slots and group.serve in VLLM_MODES:
@@ -78,14 +81,12 @@ def merge_completions(cfg, instr: ShardRef, key: str) -> dict:
 
 
 def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef]) -> list:
-    rows = rows_by_source(cfg)
     futures, previous = [], None
     for group in groups:
-        key = stable_hash([part_key(r, e, cfg.generation, cfg.seed, rows) for r in instr_refs for e in group.entries])
         serial = group.serve in VLLM_MODES and not cfg.generation.gpu_slots
         wait_for = [allow_failure(previous)] if serial and previous is not None else None
         fut = generate_with_engine.with_options(name=f"generate-engine-{group.engine_id}").submit(
-            cfg, group, instr_refs, key, wait_for=wait_for)
+            cfg, group, instr_refs, wait_for=wait_for)
         futures.append(fut)
         if serial:
             previous = fut

@@ -29,7 +29,7 @@ def _run(monkeypatch, gpu_slots, tmp_path):
         {"name": "api", "serve": "openai", "model": "x", "base_url": "http://127.0.0.1:9/v1"}]})
     cfg = load_config(CFG, output=str(tmp_path)).model_copy(update={"generation": gen})
     for group in engine_groups(gen):
-        sg.generate_with_engine.fn(cfg, group, [], "key")
+        sg.generate_with_engine.fn(cfg, group, [])
     return taken
 
 
