@@ -50,7 +50,8 @@ def engine_args(model: str, served_names: list[str], tensor_parallel_size: int =
 
 
 def engine_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
+    # The engine has its own environment: paths pointing into the flow's must not leak in.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk; never reach for a hub
     env.update(extra)
     return env

@@ -127,3 +127,17 @@ def test_batch_output_lines_become_result_records(tmp_path):
     assert cmd[1].endswith("vllm_offline_runner.py") and cmd[cmd.index("--served-model-name") + 1:][:2] == ["m", "n"]
     with pytest.raises(ValueError, match="batch_runner"):
         VLLMBatchBackend("m", "/py", "/model", ["m"], str(tmp_path), runner="fast")
+
+
+def test_engine_env_is_offline_and_does_not_inherit_the_flows_python_paths(monkeypatch):
+    from tasks.backends.vllm_server import engine_args, engine_env
+
+    monkeypatch.setenv("PYTHONPATH", "/flow/site-packages")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env = engine_env({"VLLM_CPU_KVCACHE_SPACE": "2"})
+    assert "PYTHONPATH" not in env and env["HF_HUB_OFFLINE"] == "1" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert engine_env({"HF_HUB_OFFLINE": "0"})["HF_HUB_OFFLINE"] == "0"
+    args = engine_args("/m", ["a", "b"], 2, "bfloat16", 1024, "/t.jinja", True, ["--seed", "1"])
+    assert args == ["--model", "/m", "--served-model-name", "a", "b", "--dtype", "bfloat16",
+                    "--tensor-parallel-size", "2", "--max-model-len", "1024", "--chat-template", "/t.jinja",
+                    "--enforce-eager", "--seed", "1"]
