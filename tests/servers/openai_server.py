@@ -129,9 +129,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, code: str, headers: dict | None = None) -> None:
         self._send(status, {"error": {"message": message, "type": code, "param": None, "code": code}}, headers)
 
-    def _read_json(self) -> dict | None:
+    def _read_json(self) -> dict | None | bool:
+        """The JSON object body; None if it is not one; False if the client hung up mid-body."""
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            return False
         try:
             data = json.loads(raw or b"{}")
         except json.JSONDecodeError:
@@ -168,6 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urlparse(self.path).path
         body = self._read_json()
+        if body is False:  # a request the client abandoned is not a request
+            self.close_connection = True
+            return
         if path == "/_reset":
             faults = [Fault(**f) for f in (body or {}).get("faults", [])]
             self.server.state.reset(faults)
@@ -224,7 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not ok:
                 fault_kind, status = None, 429
                 return self._rate_limited(wait, headers)
-            status = self._deliver(fault, body, content, finish, p_tok, c_tok, headers)
+            try:
+                status = self._deliver(fault, body, content, finish, p_tok, c_tok, headers)
+            except OSError:  # the client hung up before the answer was written
+                status = 0
             if status == 200:
                 usage = {"prompt_tokens": p_tok, "completion_tokens": c_tok}
         finally:
