@@ -106,3 +106,16 @@ def quiet_expected_errors() -> None:
         lg = logging.getLogger(name)
         if not any(isinstance(f, _ExpectedErrorsWithoutTraceback) for f in lg.filters):
             lg.addFilter(_ExpectedErrorsWithoutTraceback())
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect retry condition: retry a shard only for TransientError (bad input never heals)."""
+    from tasks.errors import TransientError
+
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False

@@ -20,21 +20,10 @@ from contextlib import nullcontext
 
 from prefect import allow_failure, task
 
-from flows.common import StageResult, collect, key_from_param, logger, result_storage
+from flows.common import StageResult, collect, key_from_param, logger, result_storage, transient_only
 from storage.shards import ShardRef, ShardStore
-from tasks.errors import TransientError
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
 from tasks.generation.stage import STAGE, merge_key, merge_shard, run_group
-
-
-def _transient_only(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 def rows_by_source(cfg) -> dict[str, str]:
@@ -48,7 +37,7 @@ def log_dir(store: ShardStore) -> str:
     return os.path.join(tempfile.gettempdir(), "ultrafeedback-logs")
 
 
-@task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient_only)
+@task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
 def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef]) -> dict:
     """Bring one engine up, generate every unfinished part of its entries, stop it.
 

@@ -27,10 +27,10 @@ import tasks.rating.prompts
 import tasks.rating.protocol
 import tasks.rating.rubrics
 import tasks.rating.stage
-from flows.common import StageResult, collect, key_from_param, logger, result_storage
+from flows.common import StageResult, collect, key_from_param, logger, result_storage, transient_only
 from storage.keys import code_version, shard_key
 from storage.shards import ShardRef, ShardStore
-from tasks.errors import InputError, TransientError
+from tasks.errors import InputError
 from tasks.rating.cost import format_summary, merge, summarize_table
 from tasks.rating.journal import Journal, journal_path
 from tasks.rating.judges import close_engines, open_judge
@@ -62,16 +62,6 @@ def rate_key(instr: ShardRef, comp: ShardRef, cfg) -> str:
     return shard_key(STAGE, [instr.sha256, comp.sha256], key_config(cfg), _code())
 
 
-def _transient_only(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 def _log_dir(store: ShardStore) -> str:
     protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
     if protocol in ("file", "local"):
@@ -79,7 +69,7 @@ def _log_dir(store: ShardStore) -> str:
     return os.path.join(tempfile.gettempdir(), "ultrafeedback-logs")
 
 
-@task(name="rate-shard", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_transient_only,
+@task(name="rate-shard", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient_only,
       cache_key_fn=key_from_param, persist_result=True)
 def rate_one(cfg, instr: ShardRef, comp: ShardRef, key: str) -> dict:
     """Rate one completions shard (answers come from the journal first)."""

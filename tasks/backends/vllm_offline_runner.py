@@ -14,7 +14,6 @@ generation seconds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
