@@ -68,7 +68,8 @@ class JudgeEndpoint(BaseModel):
                                     "through response_format")
     rpm: int | None = Field(None, ge=1, description="Requests per minute allowed (None: unlimited or learned from headers)")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute allowed (None: unlimited or learned from headers)")
-    max_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at most (cut on 429s, then recovered)")
+    max_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at most (cut on 429s, then recovered); "
+                                 "default 64 for openai and azure")
     learn_limits: bool = Field(True, description="Adopt x-ratelimit-limit-requests/-tokens headers when the server sends them")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds")
     max_rate_limit_wait_s: float = Field(600.0, ge=0, description="Longest total wait on 429s for one request before "
@@ -99,6 +100,10 @@ class JudgeEndpoint(BaseModel):
         # Written out so the run's manifest says which variables were read.
         self.api_key_env = self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
         self.base_url_env = self.base_url_env or _DEFAULT_URL_ENV.get(self.kind)
+        # Hosted GPT-4-class judges answer in 10-30 s: at 200k TPM the limit is only reached
+        # with about rate x latency (~60) requests in flight; the limiter still paces them.
+        if "max_concurrency" not in self.model_fields_set and self.kind in ("openai", "azure"):
+            self.max_concurrency = 64
         return self
 
     @property
