@@ -68,7 +68,9 @@ def assemble_key(refs: dict[str, list[ShardRef]], cfg) -> str:
 def _concat(store: ShardStore, refs: list[ShardRef], schema_name: str, columns: list[str] | None = None) -> pa.Table:
     tables = [store.read_shard(r, columns=columns) for r in refs]
     if tables:
-        return pa.concat_tables(tables)
+        # One contiguous copy: the join takes rows from it many times, which a table of
+        # many chunks would re-concatenate on every take.
+        return pa.concat_tables(tables).combine_chunks()
     empty = SCHEMAS[schema_name].empty_table()
     return empty.select(columns) if columns else empty
 
@@ -135,7 +137,9 @@ def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]
     rates = _concat(store, refs["rate"], "ratings", columns)
     seed = cfg.publish.seed if cfg.publish.seed is not None else cfg.seed
     bias = _position_bias(cfg, store, ins, comps, rates, seed) if cfg.publish.position_bias and rates.num_rows else None
-    result = publish(ins, comps, rates, output=cfg.output, config=cfg.model_dump(mode="json"),
+    tables = [ins, comps, rates]
+    del ins, comps, rates  # publish holds the only references, so it can drop what it has joined
+    result = publish(tables.pop(0), tables.pop(0), tables.pop(0), output=cfg.output, config=cfg.model_dump(mode="json"),
                      publish_cfg=cfg.publish, seed=seed,
                      truthful_sources={s.name for s in cfg.sources if s.format == "truthful_qa"},
                      truthful_questions=truthfulqa_questions(truthfulqa_files(cfg)),

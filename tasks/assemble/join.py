@@ -40,7 +40,7 @@ RATING_COLUMNS = ["prompt_id", "completion_index", "aspect", "rating", "rating_n
                   "rationale_for_rating", "parse_status", "parse_reason", "judge_model", "prompt_tokens",
                   "completion_tokens", "cost_usd", "request_id"]
 COMPLETION_COLUMNS = ["prompt_id", "completion_index", "model", "principle", "system_prompt", "response",
-                      "finish_reason", "completion_tokens", "error"]
+                      "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "error"]
 
 
 def rating_string(row: dict | None) -> str | None:

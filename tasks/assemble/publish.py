@@ -112,6 +112,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     root = output.rstrip("/")
     n = publish_cfg.shard_rows
     joined = join(instructions, completions, ratings)
+    del completions, ratings  # the join keeps what the outputs need (freed here if the caller let go)
     # Every output streams out a slice at a time (CHUNK_ROWS): at the original's scale the
     # long table has 1.3 million rows and the pair files hold a few hundred thousand texts.
     files = write_parts_built(root, "dataset", "train", instructions.num_rows,
@@ -148,7 +149,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     else:
         remove_files(f"{root}/preferences/all_pairs/*.parquet")
 
-    stats = run_stats(instructions, completions, long, comps)
+    stats = run_stats(instructions, joined.comps, long, comps)
     pair_stats = pairs.stats.as_dict()
     plots = render_all(stats) if publish_cfg.plots else {}
     for name, png in plots.items():
