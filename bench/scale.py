@@ -89,6 +89,9 @@ def run_one(n: int, judge: str, args) -> dict:
         result_path.unlink(missing_ok=True)
         env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONPATH": str(ROOT)}
+        env.pop("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", None)
+        if args.workers:  # Prefect's thread pool runs every submitted shard task at once unless bounded
+            env["PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS"] = str(args.workers)
         cmd = [sys.executable, str(ROOT / "bench/scale_run.py"), str(cfg_path), str(result_path)]
         if args.profile:
             cmd += ["--profile", args.profile]
@@ -98,7 +101,7 @@ def run_one(n: int, judge: str, args) -> dict:
         if proc.returncode != 0 or not result_path.exists():
             raise RuntimeError(f"run {n}/{judge} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
         result = json.loads(result_path.read_text())
-        result.update(n=n, judge=judge, shard_size=args.shard_size, wall_s=round(wall, 3),
+        result.update(n=n, judge=judge, shard_size=args.shard_size, wall_s=round(wall, 3), load_avg=os.getloadavg(),
                       prepare_data_s=round(prepare_s, 3), output_mb=round(_du(out_dir) / 2**20, 1))
         if url:
             result["server"] = server_stats(url)
@@ -122,18 +125,27 @@ def _du(path: Path) -> int:
 
 
 def markdown(results: list[dict]) -> str:
-    head = ("| judge | instructions | shards | wall (process) | flow | sample | generate | rate | assemble "
-            "| s per 1k instr. (stages) | peak RSS flow process | peak RSS Prefect server | output | complete |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+    """One row per run; stage cells are "wall (CPU of the flow process)". "bookkeeping" = the
+    four stages' wall time less the CPU time spent inside the scripted backends (the
+    stand-in for model time); with the HTTP judge the judge's time is in the server process
+    and not subtracted."""
+    head = ("| judge | task threads | instructions | shards per stage | process wall | Prefect start | sample | generate "
+            "| rate | assemble | stages | model stand-in CPU | bookkeeping | per 1k instr. | peak RSS flow process "
+            "| peak RSS Prefect server | complete |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
     lines = []
     for r in results:
         st = r["stages"]
         shards = sum(st["sample"]["summary"]["shards"].values())
+        model = r["model_cpu_s"] if r["judge"] == "scripted" else 0.0
+        book = r["stages_s"] - model
         lines.append(
-            f"| {r['judge']} | {r['n']:,} | {shards} | {r['wall_s']:.1f} s | {r['flow_s']:.1f} s | "
-            + " | ".join(f"{st[s]['wall_s']:.1f} s" for s in ("sample", "generate", "rate", "assemble"))
-            + f" | {r['stages_s'] / r['n'] * 1000:.2f} | {r['peak_rss_mb']:,.0f} MB | {r['children_peak_rss_mb']:,.0f} MB"
-            f" | {r['output_mb']:,.0f} MB | {'yes' if r['complete'] else 'NO: ' + '; '.join(r['problems'])} |")
+            f"| {r['judge']} | {r['workers']} | {r['n']:,} | {shards} | {r['wall_s']:.1f} s | {r['flow_start_s']:.1f} s | "
+            + " | ".join(f"{st[s]['wall_s']:.1f} s ({st[s]['cpu_s']:.1f})" for s in ("sample", "generate", "rate", "assemble"))
+            + f" | {r['stages_s']:.1f} s ({sum(st[s]['cpu_s'] for s in st):.1f}) | {r['model_cpu_s']:.1f} s "
+            f"| {book:.1f} s | {book / r['n'] * 1000:.2f} s "
+            f"| {r['peak_rss_mb']:,.0f} MB | {r['children_peak_rss_mb']:,.0f} MB "
+            f"| {'yes' if r['complete'] else 'NO: ' + '; '.join(r['problems'])} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -142,6 +154,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="8000,16000,32000,63967")
     ap.add_argument("--judge", default="scripted", help="comma-separated: scripted, http")
     ap.add_argument("--shard-size", type=int, default=1000)
+    ap.add_argument("--workers", type=int, help="bound Prefect's task thread pool (default: Prefect's, unbounded)")
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="data, configs, results and (with --keep) outputs")
     ap.add_argument("--profile", choices=["sample", "generate", "rate", "assemble"], help="cProfile one stage")
     ap.add_argument("--no-plots", action="store_true")
@@ -150,14 +163,16 @@ def main() -> None:
     ap.add_argument("--out", help="write all results here (JSON)")
     ap.add_argument("--markdown", action="store_true", help="print the markdown table at the end")
     args = ap.parse_args()
+    args.work = str(Path(args.work).resolve())  # configs name their files absolutely
     Path(args.work).mkdir(parents=True, exist_ok=True)
     results = []
     for judge in [j.strip() for j in args.judge.split(",") if j.strip()]:
         for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
             r = run_one(n, judge, args)
             results.append(r)
-            print(json.dumps({k: r[k] for k in ("n", "judge", "wall_s", "flow_s", "stages_s", "peak_rss_mb",
-                                                 "children_peak_rss_mb", "complete")}
+            print(json.dumps({k: r[k] for k in ("n", "judge", "workers", "wall_s", "flow_s", "flow_start_s", "stages_s",
+                                                 "model_cpu_s", "flow_cpu_s", "peak_rss_mb", "children_peak_rss_mb",
+                                                 "complete")}
                              | {s: r["stages"][s]["wall_s"] for s in r["stages"]}), flush=True)
     meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
             "load_avg_at_end": os.getloadavg(), "command": " ".join(sys.argv)}

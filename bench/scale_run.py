@@ -58,11 +58,43 @@ class Sampler(threading.Thread):
         return peak
 
 
+class ModelClock:
+    """CPU seconds spent inside the scripted backends: the stand-in for model time.
+
+    Thread CPU time, so a thread waiting for the GIL or for I/O is not counted; what is
+    left of the process's CPU time is the pipeline's own work."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.seconds = 0.0
+
+    def wrap(self, cls, name: str) -> None:
+        fn = getattr(cls, name)
+
+        def timed(*args, **kwargs):
+            t = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - t
+                with self.lock:
+                    self.seconds += spent
+
+        setattr(cls, name, timed)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far, all threads (the Prefect server is another process)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _timed(name: str, fn, out: dict, sampler: Sampler, profile: str | None, prof_path: str):
     def wrapper(cfg, store, upstream):
         sampler.mark()
         t = time.monotonic()
         out.setdefault("_first_start", t)
+        cpu = _cpu()
         if profile == name:
             import cProfile
 
@@ -72,8 +104,8 @@ def _timed(name: str, fn, out: dict, sampler: Sampler, profile: str | None, prof
         else:
             result = fn(cfg, store, upstream)
         out["_last_end"] = time.monotonic()
-        out[name] = {"wall_s": round(out["_last_end"] - t, 3), "peak_rss_mb": round(sampler.mark() / 2**20, 1),
-                     "summary": result.summary}
+        out[name] = {"wall_s": round(out["_last_end"] - t, 3), "cpu_s": round(_cpu() - cpu, 3),
+                     "peak_rss_mb": round(sampler.mark() / 2**20, 1), "summary": result.summary}
         return result
 
     return wrapper
@@ -103,7 +135,14 @@ def main() -> None:
         runner = f"run_{name}"
         setattr(mod, runner, _timed(name, getattr(mod, runner), stages, sampler, args.profile, prof))
 
+    from tasks.backends.scripted import ScriptedBackend
+    from tasks.backends.scripted_judge import ScriptedJudge
+
+    model = ModelClock()
+    model.wrap(ScriptedBackend, "answer")  # one generated completion
+    model.wrap(ScriptedJudge, "_answer")  # one judge answer
     cfg = load_config(args.config)
+    cpu0 = _cpu()
     t = time.monotonic()
     ultrafeedback(config=cfg)
     end = time.monotonic()
@@ -111,8 +150,12 @@ def main() -> None:
     first, last = stages.pop("_first_start"), stages.pop("_last_end")
     sampler.stop.set()
     sampler.join()
+    cpu = _cpu() - cpu0
     result = {
         "import_s": round(imported_s, 3),
+        "flow_cpu_s": round(cpu, 3),  # this process, every thread, during the flow call
+        "model_cpu_s": round(model.seconds, 3),  # of which inside the scripted backends
+        "workers": os.environ.get("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS") or "unbounded",
         "flow_s": round(flow_s, 3),
         "stages_s": round(sum(s["wall_s"] for s in stages.values()), 3),
         "flow_start_s": round(first - t, 3),  # flow call to the first stage: mostly the Prefect API server's start
