@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.config import ConfigError, load_config, validate_config
+from tests.servers.prefect_server import prefect_server  # noqa: F401  (pytest fixture)
 from tasks.errors import InputError
 from tasks.sources.config import SamplingConfig, SourceConfig
 from tasks.sources.sampling import select
@@ -86,3 +87,34 @@ def test_config_values_of_any_type(key, value):
 def test_arbitrary_parameter_dicts(raw):
     with pytest.raises(ConfigError):
         validate_config(raw)
+
+
+HOSTILE_FILES = {
+    "invalid UTF-8": (b'{"Instruction": "fine"}\n{"Instruction": "bad \xff\xfe"}\n', "line 2: invalid UTF-8"),
+    "empty file": (b"", "file is empty"),
+    "wrong types": (b'{"Instruction": "fine"}\n{"Instruction": ["a", "list"]}\n', "row 2: instruction is list"),
+}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_the_cli_names_the_file_and_writes_nothing(prefect_server, tmp_path, case):  # noqa: F811
+    """End to end: exit code 2, one line naming the file and row, no traceback, no shard."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    content, message = HOSTILE_FILES[case]
+    bad = tmp_path / "evol.jsonl"
+    bad.write_bytes(content)
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", CFG, "--out", str(out),
+                           "--set", f"sources.3.path={bad}", "--set", "sources.3.quota=1", "--no-progress"],
+                          cwd=root, env=prefect_server.env(PYTHONPATH=str(root)), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()
+    assert any(line.startswith("ultrafeedback: error: ") and str(bad) in line and message in line for line in last)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert not list(out.rglob("*.parquet"))
