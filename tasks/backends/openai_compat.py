@@ -21,6 +21,7 @@ synchronous Prefect tasks and from code that already runs an event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 import time
@@ -102,7 +103,7 @@ class OpenAICompatBackend:
                         req = next(requests)
                     except StopIteration:
                         return
-                    out.put(await self._one(client, req, limiter))
+                    out.put(self._scrub(await self._one(client, req, limiter)))
 
             async def watch_stop() -> None:
                 while not stop.is_set():
@@ -172,6 +173,15 @@ class OpenAICompatBackend:
             return {"custom_id": cid, "response": {"status_code": resp.status_code, "body": body},
                     "error": {"code": f"http_{resp.status_code}", "message": message},
                     "latency_s": time.monotonic() - started}
+
+    def _scrub(self, result: BatchResult) -> BatchResult:
+        """A server may echo the key in an error body; it must never reach a shard or a log."""
+        if not self._api_key or result.get("error") is None:
+            return result
+        blob = json.dumps(result)
+        if self._api_key not in blob:
+            return result
+        return json.loads(blob.replace(self._api_key, "[redacted]"))
 
     def _gone(self, exc: Exception) -> TransientError:
         if self.launched:

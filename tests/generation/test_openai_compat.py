@@ -136,3 +136,15 @@ def test_stage_on_an_existing_endpoint_reads_the_key_from_the_named_variable(jud
     assert len(rows) == 4 and all(r["backend"] == "openai" and r["response"] and r["completion_tokens"] for r in rows)
     assert get_stats(srv.url)["by_model"]["judge"]["requests"] == 4
     assert not any("sk-endpoint-secret" in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_key_echoed_in_an_error_body_is_redacted():
+    from tasks.backends.openai_compat import OpenAICompatBackend
+
+    backend = OpenAICompatBackend("m", "http://127.0.0.1:1/v1", api_key="sk-test-FAKE123")
+    echoed = {"custom_id": "x", "response": {"status_code": 401, "body": {"error": {"message": "bad key sk-test-FAKE123"}}},
+              "error": {"code": "http_401", "message": "bad key sk-test-FAKE123"}, "latency_s": 0.1}
+    out = backend._scrub(echoed)
+    assert "sk-test-FAKE123" not in repr(out)
+    assert out["error"]["message"] == "bad key [redacted]"
+    assert out["response"]["body"]["error"]["message"] == "bad key [redacted]"
