@@ -48,7 +48,7 @@ class Server:
     leave_after_s: float | None = None  # elastic: planned duration
     slack_end: float | None = None  # elastic: the engine's planned end, shifted by this server's delay
     running: int = 0
-    in_flight: dict = field(default_factory=dict)  # replica -> part index
+    in_flight: dict = field(default_factory=dict)  # replica -> (part index, when it will be done)
 
 
 @dataclass
@@ -108,8 +108,8 @@ class _Sim:
                 self.stop(server)
             return
         part = q.popleft()
-        server.in_flight[r] = part
         took = job.parts[part] / job.tps
+        server.in_flight[r] = (part, self.now + took)
         self.generating += took * job.tp
         self.push(self.now + took, "done", server, r, part)
 
@@ -125,7 +125,7 @@ class _Sim:
     def part_finished(self, server: Server, r: int, part: int) -> bool:
         """Record a part; returns False when the failure hook killed the server instead."""
         job = self.jobs[server.engine_id]
-        if server.end is not None or server.in_flight.get(r) != part:
+        if server.end is not None or server.in_flight.get(r, (None,))[0] != part:
             return False
         del server.in_flight[r]
         self.part_done[(job.engine_id, job.shards[part] if job.shards else part)] = self.now
@@ -138,8 +138,10 @@ class _Sim:
         return True
 
     def crash(self, server: Server) -> None:
-        for part in sorted(server.in_flight.values(), reverse=True):
+        job = self.jobs[server.engine_id]
+        for part, due in sorted(server.in_flight.values(), reverse=True):
             self.queue[server.engine_id].appendleft(part)  # lost work goes back to the queue
+            self.generating -= (due - self.now) * job.tp  # the part ran only until the crash
         server.in_flight.clear()
         self.stop(server)
         again = Server(server.engine_id, server.gpus, server.replicas, leave_after_s=server.leave_after_s,

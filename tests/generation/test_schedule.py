@@ -177,3 +177,28 @@ def test_the_flow_plan_from_a_config():
     vllm = sorted((p for p in legacy.placements if p.gpus), key=lambda p: p.start_s)
     assert [p.gpus for p in vllm] == [(0,)] * 3 and all(p.replicas == 1 for p in vllm)
     assert all(a.end_s <= b.start_s for a, b in zip(vllm, vllm[1:]))
+
+
+def test_the_flow_gives_a_launched_server_its_planned_replicas_and_gpus():
+    from flows.config import load_config as load
+    from flows.stage_generate import _as_planned
+
+    def cfg_with(gpus):
+        over = ["generation.k=1", "generation.models.0.serve=vllm_server", "generation.models.0.model=/m/a"]
+        if gpus:
+            over.append(f"generation.schedule.gpus={gpus}")
+        return load(CFG, overrides=over)
+
+    cfg = cfg_with(8)
+    group = engine_groups(cfg.generation)[0]
+    planned = _as_planned(cfg, group, 4, [4, 5, 6, 7])
+    engine = planned.entries[0].engine
+    assert engine.extra_args[-2:] == ["--data-parallel-size", "4"]
+    assert engine.env["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    assert group.entries[0].engine.extra_args == []  # the config itself is left alone
+    one = _as_planned(cfg, group, 1, [2]).entries[0].engine
+    assert "--data-parallel-size" not in one.extra_args and one.env["CUDA_VISIBLE_DEVICES"] == "2"
+    # without schedule.gpus (CPU, or the gpu_slots gate) the engine is launched as configured
+    legacy = cfg_with(None)
+    lgroup = engine_groups(legacy.generation)[0]
+    assert _as_planned(legacy, lgroup, 1, [0]) == lgroup
