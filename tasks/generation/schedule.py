@@ -12,10 +12,15 @@ Rules, in order:
   replicas tile a node without stranding GPUs (errors name the config field);
 - replicas (vLLM `--data-parallel-size`) go to engines whose work would otherwise leave
   GPUs idle: the planner tries targets T from the lower bound upward, gives each engine
-  the fewest replicas that finish it by T, list-schedules the placements longest first
-  onto the earliest free GPUs, and keeps the plan with the smallest makespan;
+  the fewest replicas that finish it by T (each must generate at least as long as it
+  loads), list-schedules the servers longest first (onto the earliest free GPUs, and again
+  letting a shorter server take GPUs a wider one cannot use yet), and keeps the plan with
+  the smallest makespan;
 - engines that take no GPU (API endpoints, scripted) start at once and are not replicated.
 
+This is the "static" mode the flow runs: every replica starts with its engine. The
+"elastic" mode (`schedule_elastic`) lets replicas join late and leave early; it needs a
+client that spreads one model's requests over servers that come and go.
 With one GPU and `tp` 1 everywhere this is today's behaviour: engines one after another.
 `after_failure` re-plans what is left when an engine dies mid-run.
 """
