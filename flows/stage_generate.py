@@ -8,9 +8,16 @@ summary (shards, completions, failed requests, tokens, engine timings).
 Grouped by model as in the original: each engine task starts its engine once, sends the
 requests of every shard that drew it, and stops it. Engine tasks retry on transient
 errors (a dead server, too many failed requests); finished parts are kept, so a retry
-redoes only unfinished shards. Without `generation.gpu_slots` the vLLM engines run one
-after another (one machine, one engine at a time); with it, every engine task takes
-`tensor_parallel_size` slots of that Prefect concurrency limit and they run in parallel.
+redoes only unfinished shards.
+
+Engine tasks follow the GPU plan (tasks/generation/schedule_pool.py), which is logged and
+kept in the stage summary (so in the manifest): they are submitted longest first, and a
+vLLM engine waits (`wait_for`) for the engines planned before it on any of its GPUs. With
+`generation.schedule.gpus` unset every vLLM engine takes the one slot, so they run one
+after another, unless `generation.gpu_slots` names a Prefect concurrency limit: then every
+engine task takes its GPUs' worth of slots and the limit alone decides (as before). With
+`schedule.gpus` set, a launched server gets its planned replicas as `--data-parallel-size`
+and its planned GPUs as CUDA_VISIBLE_DEVICES.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from prefect import allow_failure, task
 from flows.common import StageResult, collect, key_from_param, logger, result_storage, transient_only
 from storage.shards import ShardRef, ShardStore
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
+from tasks.generation.schedule import Plan
+from tasks.generation.schedule_pool import plan_for_pool
 from tasks.generation.stage import STAGE, merge_key, merge_shard, run_group
 
 
@@ -38,7 +47,7 @@ def log_dir(store: ShardStore) -> str:
 
 
 @task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
-def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef]) -> dict:
+def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gpus: int | None = None) -> dict:
     """Bring one engine up, generate every unfinished part of its entries, stop it.
 
     Not cached by Prefect: the parts' done markers decide what is left to do, and a task
@@ -49,7 +58,7 @@ def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef]) ->
     if cfg.generation.gpu_slots and group.serve in VLLM_MODES:
         from prefect.concurrency.sync import concurrency
 
-        gate = concurrency(cfg.generation.gpu_slots, occupy=group.entries[0].tensor_parallel_size)
+        gate = concurrency(cfg.generation.gpu_slots, occupy=gpus or group.entries[0].tensor_parallel_size)
     with gate:
         res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), log_dir(store))
     logger().info("engine %s: %d parts written, %d kept, %d requests (%d failed), %d tokens in %.1fs",
@@ -69,16 +78,36 @@ def merge_completions(cfg, instr: ShardRef, key: str) -> dict:
     return {"ref": merge_shard(store, instr, cfg.generation, cfg.seed, rows_by_source(cfg)), "action": "written"}
 
 
-def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef]) -> list:
-    futures, previous = [], None
-    for group in groups:
-        serial = group.serve in VLLM_MODES and not cfg.generation.gpu_slots
-        wait_for = [allow_failure(previous)] if serial and previous is not None else None
-        fut = generate_with_engine.with_options(name=f"generate-engine-{group.engine_id}").submit(
-            cfg, group, instr_refs, wait_for=wait_for)
+def _as_planned(cfg, group: EngineGroup, replicas: int, gpu_ids: list[int]) -> EngineGroup:
+    """The group with its planned replicas and GPUs in the launched engine's arguments."""
+    sched = cfg.generation.schedule
+    first = group.entries[0]
+    if group.serve != "vllm_server" or sched.gpus is None:
+        return group
+    args, env = list(first.engine.extra_args), dict(first.engine.env)
+    if replicas > 1 and "--data-parallel-size" not in args:
+        args += ["--data-parallel-size", str(replicas)]
+    if sched.pin_devices and sched.gpus > 1 and gpu_ids and "CUDA_VISIBLE_DEVICES" not in env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+    engine = first.engine.model_copy(update={"extra_args": args, "env": env})
+    return EngineGroup(group.engine_id, tuple(e.model_copy(update={"engine": engine}) for e in group.entries))
+
+
+def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], plan: Plan) -> list:
+    by_id = {g.engine_id: g for g in groups}
+    gated = cfg.generation.gpu_slots and cfg.generation.schedule.gpus is None  # the limit alone decides
+    futures, last_on = [], {}
+    for engine_id in plan.order():
+        group = by_id[engine_id]
+        gpu_ids = sorted({g for p in plan.of(engine_id) for g in p.gpus})
+        before = [] if gated else list(dict.fromkeys(last_on[g] for g in gpu_ids if g in last_on))
+        fut = generate_with_engine.with_options(name=f"generate-engine-{engine_id}").submit(
+            cfg, _as_planned(cfg, group, plan.replicas(engine_id), gpu_ids), instr_refs,
+            gpus=len(gpu_ids) if cfg.generation.schedule.gpus else None,
+            wait_for=[allow_failure(f) for f in before] or None)
         futures.append(fut)
-        if serial:
-            previous = fut
+        for g in gpu_ids:
+            last_on[g] = fut
     return futures
 
 
@@ -88,7 +117,10 @@ def run_generate(cfg, store: ShardStore, upstream: dict) -> StageResult:
     keys = [merge_key(r, cfg.generation, cfg.seed, rows) for r in instr_refs]
     store.write_plan(STAGE, {r.shard_id: k for r, k in zip(instr_refs, keys)})
 
-    engine_futures = _submit_engines(cfg, engine_groups(cfg.generation), instr_refs)
+    groups = engine_groups(cfg.generation)
+    plan = plan_for_pool(cfg.generation, groups, sum(r.rows for r in instr_refs))
+    logger().info("%s", plan.render())
+    engine_futures = _submit_engines(cfg, groups, instr_refs, plan)
     engines = []
     for fut in engine_futures:
         state = fut.wait() or fut.state
@@ -115,5 +147,5 @@ def run_generate(cfg, store: ShardStore, upstream: dict) -> StageResult:
                   len(instr_refs), counts["written"], counts["kept"], counts["cached"], counts["failed"], completions)
     summary = {"shards": counts, "completions": completions, "failed_requests_this_run": failed,
                "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
-               "engines": engines}
+               "engines": engines, "schedule": plan.to_dict()}
     return StageResult(STAGE, refs, summary)

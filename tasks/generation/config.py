@@ -151,6 +151,23 @@ def demo_pool() -> list[ModelEntry]:
     ]
 
 
+class ScheduleSettings(BaseModel):
+    """How launched vLLM engines are placed on the flow run's GPUs (tasks/generation/schedule.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int | None = Field(
+        None, ge=1, description="GPUs of the host the flow run may use. Unset: one slot, vLLM engines one after "
+                                "another (or side by side through gpu_slots), as on CPU")
+    replicate: bool = Field(True, description="Give vllm_server engines --data-parallel-size replicas on GPUs that "
+                                              "would otherwise idle")
+    pin_devices: bool = Field(True, description="With gpus > 1, set each launched engine's CUDA_VISIBLE_DEVICES to "
+                                                "its planned GPUs")
+    load_s: float = Field(60, ge=0, description="Planning estimate: seconds to bring one engine replica up")
+    tokens_per_s: float = Field(2000, gt=0, description="Planning estimate: generated tokens per second of one "
+                                                        "replica (only relative sizes change the plan)")
+
+
 class GenerationConfig(BaseModel):
     """The model pool and how completions are drawn."""
 
@@ -163,6 +180,7 @@ class GenerationConfig(BaseModel):
         None, description="Override of the per-source principle distribution (row -> principle -> weight)")
     gpu_slots: str | None = Field(None, description="Prefect global concurrency limit that gates engine starts (one slot per GPU); none on CPU")
     max_error_fraction: float = Field(0.5, ge=0, le=1, description="A shard with more failed requests than this is retried rather than written")
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="GPU placement of the engines")
 
     @field_validator("models")
     @classmethod
@@ -185,6 +203,10 @@ class GenerationConfig(BaseModel):
             from tasks.generation.principles import validate_table
 
             validate_table(self.principles)
+        if self.schedule.gpus is not None:
+            from tasks.generation.schedule_pool import validate_pool_gpus
+
+            validate_pool_gpus(self)
         return self
 
     def entry(self, name: str) -> ModelEntry:

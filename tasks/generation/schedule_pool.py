@@ -1,0 +1,56 @@
+"""From the generation config to a GPU plan of its engines.
+
+Inputs: the generation config, its engine groups (`engines.engine_groups`) and the number
+of instructions. Outputs: planner `Job`s and the static `Plan` the flow runs (one server
+per engine, its replicas as `--data-parallel-size`), plus `validate_pool_gpus`, which the
+config runs so a tensor-parallel size that cannot be placed fails at load time.
+
+A job's work is estimated from the expected number of requests (instructions x k, spread
+evenly over the pool, as the draws are) times the entries' `max_tokens`, over
+`schedule.tokens_per_s`: an upper estimate that keeps engines' relative sizes right, which
+is all the longest-first order and the replica counts depend on. Without `schedule.gpus`
+every vLLM engine takes the one slot, so the plan runs them one after another: today's
+behaviour on CPU.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tasks.generation.schedule import Job, Plan, plan_schedule, validate
+
+if TYPE_CHECKING:
+    from tasks.generation.config import GenerationConfig
+    from tasks.generation.engines import EngineGroup
+
+VLLM_MODES = ("vllm_server", "vllm_batch")
+
+
+def validate_pool_gpus(cfg: "GenerationConfig") -> None:
+    """Every launched engine's tensor-parallel size fits and divides `schedule.gpus`."""
+    jobs = [Job(m.name, m.tensor_parallel_size, 0.0, field=f"generation.models.{i}")
+            for i, m in enumerate(cfg.models) if m.serve in VLLM_MODES]
+    validate(jobs, cfg.schedule.gpus)
+
+
+def jobs_for_pool(cfg: "GenerationConfig", groups: list["EngineGroup"], n_instructions: int) -> list[Job]:
+    sched = cfg.schedule
+    index = {m.name: i for i, m in enumerate(cfg.models)}
+    jobs = []
+    for group in groups:
+        first = group.entries[0]
+        requests = n_instructions * cfg.k * len(group.entries) / len(cfg.models)
+        tokens = requests * sum(e.sampling.max_tokens for e in group.entries) / len(group.entries)
+        on_gpu = group.serve in VLLM_MODES
+        tp = (first.tensor_parallel_size if sched.gpus else 1) if on_gpu else 0
+        # Only a launched server takes --data-parallel-size; vLLM's offline engine refuses
+        # data parallelism for dense models, so a batch engine stays one replica.
+        many = sched.replicate and sched.gpus is not None and group.serve == "vllm_server"
+        jobs.append(Job(group.engine_id, tp, tokens / sched.tokens_per_s, sched.load_s if on_gpu else 0.0,
+                        field=f"generation.models.{index[first.name]}", max_replicas=None if many else 1))
+    return jobs
+
+
+def plan_for_pool(cfg: "GenerationConfig", groups: list["EngineGroup"], n_instructions: int) -> Plan:
+    """The plan the generation flow follows (static: every replica starts with its engine)."""
+    jobs = jobs_for_pool(cfg, groups, n_instructions)
+    return plan_schedule(jobs, cfg.schedule.gpus or 1, replicate=cfg.schedule.replicate, mode="static")
