@@ -171,6 +171,16 @@ def drop_truthful_qa(prompts: list[Prompt], sources: set[str], questions: set[st
     return kept
 
 
+def drop_truthful_qa_all(by_score: Mapping[str, list[Prompt]], sources: set[str], questions: set[str],
+                         stats: PairStats) -> dict[str, list[Prompt]]:
+    """`drop_truthful_qa` once (counted once) for the same prompts collected under several scores."""
+    if not by_score:
+        return {}
+    first = next(iter(by_score.values()))
+    kept = {p.prompt_id for p in drop_truthful_qa(first, sources, questions, stats)}
+    return {s: [p for p in ps if p.prompt_id in kept] for s, ps in by_score.items()}
+
+
 def _rng(seed: int, kind: str, prompt_id: str) -> random.Random:
     digest = hashlib.sha256(f"{seed}:{kind}:{prompt_id}".encode()).hexdigest()
     return random.Random(int(digest[:16], 16))
@@ -278,14 +288,13 @@ def binarize(rows: list[dict], pair_sets: Mapping, seed: int, test_rows: Callabl
              drop_truthful: bool = True) -> tuple[dict[str, dict[str, list[dict]]], PairStats]:
     """All pair sets of one run as row dicts: set -> split -> rows, and the statistics."""
     stats = PairStats()
+    scores = sorted({ps.score for ps in pair_sets.values()})
     by_score = {}
-    for score in sorted({ps.score for ps in pair_sets.values()}):
-        scratch = PairStats()
-        prompts = collect(rows, score, scratch)
-        if drop_truthful:
-            prompts = drop_truthful_qa(prompts, set(truthful_sources), set(truthful_questions), scratch)
-        by_score[score] = prompts
-        stats = PairStats(**{**scratch.__dict__, "sets": {}})
+    for score in scores:
+        scratch = PairStats()  # every score sees the same completions: count them once
+        by_score[score] = collect(rows, score, scratch if by_score else stats)
+    if drop_truthful:
+        by_score = drop_truthful_qa_all(by_score, set(truthful_sources), set(truthful_questions), stats)
     c = choose(by_score, pair_sets, seed, test_rows, stats)
     out = {name: {split: [pair_row(pair_sets[name].layout, split, *x) for x in picks]
                   for split, picks in splits.items()} for name, splits in c.sets.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ASPECT_SCORES = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 Score = Literal["overall", "fine_grained", "instruction_following", "honesty", "truthfulness", "helpfulness"]
@@ -85,6 +85,25 @@ class PublishConfig(BaseModel):
     plots: bool = Field(True, description="Render the quality report's PNG plots")
     position_bias: bool = Field(False, description="Re-rate a sample with the completion order reversed")
     position_bias_sample: int = Field(50, ge=1, le=100_000, description="Prompts in the position-bias sample")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, raw):
+        """Configs written before pair sets had their own score: `score` ranked every set and
+        `all_pairs: false` left that set out. They map onto `pairs` (h4 keeps overall_score,
+        its release's score)."""
+        if not isinstance(raw, dict) or not ({"score", "all_pairs"} & set(raw)):
+            return raw
+        raw = dict(raw)
+        score, keep_all = raw.pop("score", None), raw.pop("all_pairs", True)
+        if "pairs" not in raw:
+            pairs = {n: ps.model_dump() for n, ps in default_pairs().items()}
+            for name in ("argilla", "trl", "all_pairs"):
+                pairs[name]["score"] = score or pairs[name]["score"]
+            if not keep_all:
+                pairs.pop("all_pairs")
+            raw["pairs"] = pairs
+        return raw
 
     @field_validator("pairs")
     @classmethod

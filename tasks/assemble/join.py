@@ -2,10 +2,13 @@
 
 Inputs: pyarrow tables under the INSTRUCTIONS, COMPLETIONS and RATINGS schemas (every
 shard of a stage concatenated). Outputs:
-- `dataset_table`: the openbmb/UltraFeedback layout (schema "dataset"), one row per
+- `dataset_table`: exactly openbmb/UltraFeedback's features (schema "dataset"), one row per
   instruction, completions nested in completion_index order, ratings as strings ("N/A"
-  where the judge said so, null where no rating could be read), the critique, the overall
-  score and the fine-grained score;
+  where the judge said so, null where no rating could be read), Type only for the two
+  typed aspects (["None"] where the judge named none), the critique, the overall and the
+  fine-grained score; FLAN's reference in correct_answers, ["None"] where a source has none;
+- `ids_from`: its sidecar (schema "dataset_ids"), row for row: prompt_id, where the row
+  came from and the completions' request ids;
 - `long_table`: one row per (completion, aspect) (schema "ratings_long"), with a row of
   parse_status "missing" wherever the rating stage has none, so gaps stay visible
   ("no_response" where the completion itself failed and so was never rated);

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from storage.schemas import SCHEMAS
 from storage.tables import remove_files, write_bytes, write_table_chunks, write_text
 from tasks.assemble import frames
-from tasks.assemble.binarize import Choice, PairStats, choose, drop_truthful_qa
+from tasks.assemble.binarize import Choice, PairStats, choose, drop_truthful_qa_all
 from tasks.assemble.card import render_card
 from tasks.assemble.config import LAYOUT_SCHEMA, PublishConfig
 from tasks.assemble.join import dataset_from, ids_from, join, long_from, long_rows
@@ -113,12 +113,7 @@ def choose_pairs(joined, comps, publish_cfg: PublishConfig, seed: int, truthful_
     scores = sorted({ps.score for ps in publish_cfg.pairs.values()})
     by_score = frames.prompts_by_score(joined, comps, scores, stats)
     if publish_cfg.drop_truthful_qa:
-        counted = PairStats()
-        by_score = {s: drop_truthful_qa(p, set(truthful_sources), set(truthful_questions), counted)
-                    for s, p in by_score.items()}
-        n = max(len(scores), 1)  # the same prompts were counted once per score
-        stats.dropped_truthful_qa_source = counted.dropped_truthful_qa_source // n
-        stats.dropped_truthful_qa_question = counted.dropped_truthful_qa_question // n
+        by_score = drop_truthful_qa_all(by_score, set(truthful_sources), set(truthful_questions), stats)
     return choose(by_score, publish_cfg.pairs, seed, publish_cfg.test_rows, stats)
 
 

@@ -200,3 +200,14 @@ def test_split_is_by_prompt_shared_by_every_set_and_h4_halves_its_test_split():
     assert [r["prompt_id"] for r in sft + gen] == [r["prompt_id"] for r in p["h4/test_prefs"]]
     assert sft == p["h4/test_prefs"][:2] and all(r["messages"] == r["chosen"][:1] for r in gen)
     assert len(p["argilla/train"]) == 20  # Argilla's release has only a train split
+
+
+def test_legacy_publish_keys_map_onto_pair_sets():
+    from tasks.assemble.config import PublishConfig
+
+    cfg = PublishConfig.model_validate({"score": "helpfulness", "all_pairs": False})
+    assert sorted(cfg.pairs) == ["argilla", "h4", "trl"]
+    assert cfg.pairs["trl"].score == cfg.pairs["argilla"].score == "helpfulness"
+    assert cfg.pairs["h4"].score == "overall"
+    with pytest.raises(ValueError, match="pairs.x.score"):
+        PublishConfig.model_validate({"pairs": {"x": {"rule": "all_pairs", "score": "vibes", "layout": "trl"}}})

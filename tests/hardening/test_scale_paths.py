@@ -21,7 +21,7 @@ from storage.keys import prompt_id, stable_hash
 from storage.schemas import to_table
 from storage.shards import table_hash
 from tasks.assemble import frames
-from tasks.assemble.binarize import PairStats, binarize, choose, drop_truthful_qa
+from tasks.assemble.binarize import PairStats, binarize, choose, drop_truthful_qa_all
 from tasks.assemble.config import default_pairs
 from tasks.assemble.join import (LONG_ASPECTS, dataset_rows, fine_grained_score, join, long_table, rating_string)
 from tasks.rating.prompts import request_id
@@ -181,10 +181,7 @@ def test_columnar_pairs_equal_binarize_rows(prompts, seed, score):
     stats = PairStats()
     scores = sorted({ps.score for ps in sets.values()})
     by_score = frames.prompts_by_score(j, frames.completion_frame(j), scores, stats)
-    counted = PairStats()
-    by_score = {s: drop_truthful_qa(p, {"truthful_qa"}, questions, counted) for s, p in by_score.items()}
-    stats.dropped_truthful_qa_source = counted.dropped_truthful_qa_source // len(scores)
-    stats.dropped_truthful_qa_question = counted.dropped_truthful_qa_question // len(scores)
+    by_score = drop_truthful_qa_all(by_score, {"truthful_qa"}, questions, stats)
     got = choose(by_score, sets, seed, lambda n: n // 3, stats)
     assert got.stats == want_stats
     for name, splits in got.sets.items():
