@@ -151,8 +151,8 @@ def _pairs_section(pair_stats: dict, config: dict) -> str:
               if k.startswith(f"{name}.rows_")}
     return ("Every pair set comes from the same completions and ratings; each is ordered by its own score "
             "(`publish.pairs`), so the sets differ. H4 ranks by the critique's overall score (1-10) as "
-            "HuggingFaceH4 does, Argilla by the mean aspect rating as Argilla does; the two scores often disagree "
-            "on which completion is best, and a tie on one is rarely a tie on the other. The test prompts "
+            "HuggingFaceH4 does, Argilla by the mean aspect rating as Argilla does; the two scores can disagree "
+            "on which completion is best and on what is a tie. The test prompts "
             f"({pair_stats.get('test_prompts', 0):,}) are drawn once and are the same in every set with a test "
             "split; argilla, like Argilla's release, has only a train split and includes them. "
             "In h4, test_sft and test_gen are the two halves of test_prefs; the train splits hold the same pairs.\n\n"
