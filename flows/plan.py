@@ -206,6 +206,19 @@ def _judge_costs(cfg: RunConfig, counts: dict, calls: dict, est: TokenEstimates)
     return lines
 
 
+def _unset_keys(cfg: RunConfig) -> list[str]:
+    """API-key variables a run will read that are not set here (a note: plan may run elsewhere)."""
+    import os
+
+    wanted = [(f"generation.models.{i}", m.api_key_env) for i, m in enumerate(cfg.generation.models)
+              if m.serve == "openai" and m.api_key_env]
+    ep = cfg.rating.endpoint
+    if ep.key_env:
+        wanted.append((f"rating.endpoints ({ep.name})", ep.key_env))
+    missing = sorted({env for _, env in wanted if not os.environ.get(env)})
+    return [f"environment variable {env} is not set here; the run needs it" for env in missing]
+
+
 def _schedule(cfg: RunConfig):
     """Hook: the GPU planner's view of the engines, when tasks.generation.schedule offers
     `describe(generation_config)`."""
@@ -239,6 +252,7 @@ def make_plan(cfg: RunConfig, origin: str = "", est: TokenEstimates | None = Non
     if unpriced:
         notes.append(f"no price for {unpriced} in rating.prices: their cost is unknown, not zero")
     notes.append("judge calls exclude re-asks of unreadable answers (rating.reasks); those add to the cost")
+    notes += _unset_keys(cfg)
     total = {"realtime_usd": sum(c["realtime_usd"] or 0 for c in costs),
              "batch_usd": sum(c["batch_usd"] or 0 for c in costs), "batch_factor": BATCH_FACTOR}
     return Plan(origin, counts, n, completions, round(n * gen.k), engines, gen.gpu_slots,

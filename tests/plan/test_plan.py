@@ -110,3 +110,11 @@ def test_format_plan_of_the_demo_config_has_no_paid_endpoint():
     demo = make_plan(load_plan_config(str(ROOT / "configs" / "demo.yaml")))
     assert demo.costs == [] and demo.total_usd["realtime_usd"] == 0
     assert demo.total_instructions == 10 and "engine starts" in format_plan(demo)
+
+
+def test_unset_api_key_is_a_note_not_an_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    p = make_plan(load_plan_config(str(FULL)))
+    assert "environment variable OPENAI_API_KEY is not set here; the run needs it" in p.notes and p.errors == []
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
+    assert not any("OPENAI_API_KEY" in n for n in make_plan(load_plan_config(str(FULL))).notes)
