@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from tasks.assemble.config import ASPECT_SCORES, LAYOUT_SPLITS
+from tasks.assemble.config import ASPECT_SCORES
 
 TRUTHFUL_QA = "truthful_qa"
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.schemas import SCHEMAS
-from storage.tables import remove_files, write_bytes, write_table_chunks, write_text
+from storage.tables import write_bytes, write_table_chunks, write_text
 from tasks.assemble import frames
 from tasks.assemble.binarize import Choice, PairStats, choose, drop_truthful_qa_all
 from tasks.assemble.card import render_card
@@ -156,7 +156,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
         layout = publish_cfg.pairs[name].layout
         for split, picks in splits.items():
             files += write_parts_built(root, f"preferences/{name}", split, len(picks),
-                                       lambda lo, hi, p=picks, s=split: frames.pair_table(joined, p[lo:hi], layout, s),
+                                       lambda lo, hi, p=picks, s=split, l=layout: frames.pair_table(joined, p[lo:hi], l, s),
                                        LAYOUT_SCHEMA[layout], n, CHUNK_ROWS)
     remove_stale_sets(root, set(publish_cfg.pairs))
 
