@@ -3,6 +3,7 @@
     ultrafeedback run [--config FILE] [--out DIR] [--stages sample,generate,rate,assemble] [--set k=v ...]
     ultrafeedback status --out DIR [--json]
     ultrafeedback backfill --out DIR [--stages rate,assemble] [--shards ID,ID ...]
+    ultrafeedback plan --config FILE [--set k=v ...] [--json]
 
 Inputs: a YAML run config (default: the shipped demo config) and overrides. Outputs: the
 run's shards and manifest under the output root; `status` prints each stage's shards and
@@ -43,7 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--stages", help="comma-separated stages to look at (default: every stage the run planned)")
     bf.add_argument("--shards", help="comma-separated shard ids to limit the backfill to (default: all unfinished)")
     bf.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+    pl = sub.add_parser("plan", help="validate a config and show what a run will do and cost, without running it")
+    pl.add_argument("--config", required=True, help="run config YAML")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable)")
+    pl.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def cmd_plan(args) -> int:
+    from flows.plan import format_plan, load_plan_config, make_plan
+
+    plan = make_plan(load_plan_config(args.config, args.overrides), origin=args.config)
+    print(json.dumps(plan.as_dict(), indent=1, default=str) if args.json else format_plan(plan))
+    return 2 if plan.errors else 0
 
 
 def _show_progress(args) -> bool:
@@ -136,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.errors import UltraFeedbackError
 
     try:
-        return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill,
+                "plan": cmd_plan}[args.command](args)
     except (ConfigError, UltraFeedbackError, ValueError) as exc:
         print(f"ultrafeedback: error: {exc}", file=sys.stderr)
         return 2

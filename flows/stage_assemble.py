@@ -2,7 +2,7 @@
 
 Inputs: the run config and the finished shards of sample, generate and rate (from
 `upstream`, else from the store). Outputs, under the output root: dataset/,
-dataset_long/, preferences/{h4,argilla,all_pairs}/, report/ and README.md (see
+dataset_ids/, dataset_long/, preferences/<pair set>/, report/ and README.md (see
 docs/output.md), Prefect table and markdown artifacts on the run, and the stage's marker
 shard `assemble/published.parquet` (schema "outputs": the files written).
 
@@ -46,7 +46,7 @@ LOCAL_JUDGES = ("local_vllm", "scripted")
 
 def _code() -> str:
     a = tasks.assemble
-    return code_version(a.config, a.join, a.binarize, a.stats, a.markdown, a.plots, a.card, a.report,
+    return code_version(a.config, a.join, a.binarize, a.frames, a.stats, a.markdown, a.plots, a.card, a.report,
                         a.publish, a.position_bias)
 
 

@@ -3,7 +3,7 @@
 Usage (TRL pulls in torch, so use an environment of its own, not the project's):
     python scripts/check_trl_dpo.py runs/demo
 
-Inputs: a run's output root. For each pair dataset (h4, argilla, all_pairs) it loads the
+Inputs: a run's output root. For each pair set in TRL's layout (trl, all_pairs) it loads the
 Parquet files with `datasets`, builds a word-level tokenizer with a chat template from the
 pairs' own text and a tiny randomly initialised Llama, and runs `trl.DPOTrainer` for two
 steps on CPU, then `trl.RewardTrainer` on a tiny sequence classifier. Nothing is
@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+# h4 and argilla keep their releases' columns (a string prompt beside full conversations),
+# which TRL's trainers do not take as they are; the trl set is the same kind of pairs in
+# TRL's explicit-prompt layout.
 SETS = {
-    "h4": "preferences/h4/train_prefs-*.parquet",
-    "argilla": "preferences/argilla/train-*.parquet",
+    "trl": "preferences/trl/train-*.parquet",
     "all_pairs": "preferences/all_pairs/train-*.parquet",
 }
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"

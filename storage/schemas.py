@@ -73,79 +73,112 @@ RATINGS = pa.schema(
     ]
 )
 
-_annotation = pa.struct(
-    [
-        pa.field("Rating", pa.string()),
-        pa.field("Rationale", pa.string()),
-        pa.field("Type", _str_list),
-        pa.field("Rationale For Rating", pa.string()),
-    ]
-)
+def _annotation(typed: bool) -> pa.StructType:
+    """One aspect's annotation as openbmb/UltraFeedback stores it: Rating and Rationale,
+    plus Type and "Rationale For Rating" for the two typed aspects only."""
+    fields = [pa.field("Rating", pa.string()), pa.field("Rationale", pa.string())]
+    if typed:
+        fields += [pa.field("Rationale For Rating", pa.string()), pa.field("Type", _str_list)]
+    return pa.struct(fields)
 
+
+# Field order as in the re-uploads of openbmb/UltraFeedback (alphabetical inside
+# completions and annotations); `datasets` compares features by name, so order is cosmetic.
 _completion = pa.struct(
     [
-        pa.field("model", pa.string()),
-        pa.field("principle", pa.string()),
-        pa.field("custom_system_prompt", pa.string()),
-        pa.field("response", pa.string()),
         pa.field(
             "annotations",
             pa.struct(
                 [
-                    pa.field("instruction_following", _annotation),
-                    pa.field("honesty", _annotation),
-                    pa.field("truthfulness", _annotation),
-                    pa.field("helpfulness", _annotation),
+                    pa.field("helpfulness", _annotation(True)),
+                    pa.field("honesty", _annotation(False)),
+                    pa.field("instruction_following", _annotation(False)),
+                    pa.field("truthfulness", _annotation(True)),
                 ]
             ),
         ),
         pa.field("critique", pa.string()),
-        pa.field("overall_score", pa.float64()),
+        pa.field("custom_system_prompt", pa.string()),
         pa.field("fine-grained_score", pa.float64()),
+        pa.field("model", pa.string()),
+        pa.field("overall_score", pa.float64()),
+        pa.field("principle", pa.string()),
+        pa.field("response", pa.string()),
     ]
 )
 
-# openbmb/UltraFeedback layout, one row per instruction.
+# openbmb/UltraFeedback, exactly its features: one row per instruction. Ratings are strings
+# ("1".."5", "N/A"; null where no rating could be read), Type a list of digit strings or
+# ["None"], answers ["None"] where a source has none. Our ids live in DATASET_IDS.
 DATASET = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),
-        pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("instruction", pa.string(), nullable=False),
         pa.field("models", _str_list, nullable=False),
+        pa.field("completions", pa.list_(_completion), nullable=False),
         pa.field("correct_answers", _str_list, nullable=False),
         pa.field("incorrect_answers", _str_list, nullable=False),
-        pa.field("completions", pa.list_(_completion), nullable=False),
     ]
 )
 
-_message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+# Sidecar of DATASET, row for row (same files, same order): what openbmb's layout has no
+# room for. prompt_id = sha256(instruction); completion i of the dataset row has
+# completion_request_ids[i] and can be found in dataset_long by (prompt_id, index).
+DATASET_IDS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("task", pa.string()),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("completion_indexes", pa.list_(pa.int32()), nullable=False),
+        pa.field("completion_request_ids", _str_list, nullable=False),
+    ]
+)
 
-# HuggingFaceH4/ultrafeedback_binarized columns in TRL's conversational preference format:
-# prompt = [user turn], chosen/rejected = [assistant turn], messages = the chosen
-# conversation. (H4's own files keep prompt as a string and the user turn inside
-# chosen/rejected; TRL 1.16's DPOTrainer fails on that mix with a TypeError.)
+# The message struct of H4 and Argilla (field order as their cards list it).
+_message = pa.struct([pa.field("content", pa.string()), pa.field("role", pa.string())])
+_messages = pa.list_(_message)
+
+# HuggingFaceH4/ultrafeedback_binarized, exactly: prompt is the instruction (a string),
+# chosen/rejected are [user turn, assistant turn], messages = chosen (in *_gen: the user
+# turn only), scores are overall_score unless configured otherwise.
 PREFERENCES_H4 = pa.schema(
     [
-        pa.field("prompt", pa.list_(_message), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
         pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("chosen", pa.list_(_message), nullable=False),
-        pa.field("rejected", pa.list_(_message), nullable=False),
-        pa.field("messages", pa.list_(_message), nullable=False),
+        pa.field("chosen", _messages, nullable=False),
+        pa.field("rejected", _messages, nullable=False),
+        pa.field("messages", _messages, nullable=False),
         pa.field("score_chosen", pa.float64(), nullable=False),
         pa.field("score_rejected", pa.float64(), nullable=False),
     ]
 )
 
-# argilla/ultrafeedback-binarized-preferences-cleaned columns, messages as in PREFERENCES_H4.
+# TRL's explicit-prompt conversational preference format: prompt = [user turn],
+# chosen/rejected = [assistant turn], messages = the chosen conversation. (TRL 1.16's
+# DPOTrainer fails with a TypeError on H4's mix of a string prompt and full conversations.)
+PREFERENCES_TRL = pa.schema(
+    [
+        pa.field("prompt", _messages, nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen", _messages, nullable=False),
+        pa.field("rejected", _messages, nullable=False),
+        pa.field("messages", _messages, nullable=False),
+        pa.field("score_chosen", pa.float64(), nullable=False),
+        pa.field("score_rejected", pa.float64(), nullable=False),
+    ]
+)
+
+# argilla/ultrafeedback-binarized-preferences-cleaned, exactly: no prompt_id, no messages.
 PREFERENCES_ARGILLA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),
-        pa.field("prompt", pa.list_(_message), nullable=False),
-        pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("chosen", pa.list_(_message), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", _messages, nullable=False),
         pa.field("chosen-rating", pa.float64(), nullable=False),
         pa.field("chosen-model", pa.string(), nullable=False),
-        pa.field("rejected", pa.list_(_message), nullable=False),
+        pa.field("rejected", _messages, nullable=False),
         pa.field("rejected-rating", pa.float64(), nullable=False),
         pa.field("rejected-model", pa.string(), nullable=False),
     ]
@@ -192,7 +225,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "completions": COMPLETIONS,
     "ratings": RATINGS,
     "dataset": DATASET,
+    "dataset_ids": DATASET_IDS,
     "preferences_h4": PREFERENCES_H4,
+    "preferences_trl": PREFERENCES_TRL,
     "preferences_argilla": PREFERENCES_ARGILLA,
     "ratings_long": RATINGS_LONG,
     "outputs": OUTPUTS,

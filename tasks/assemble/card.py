@@ -16,6 +16,7 @@ import pyarrow as pa
 import yaml
 
 from storage.schemas import SCHEMAS
+from tasks.assemble.config import LAYOUT_SCHEMA, LAYOUT_SPLITS, default_pairs
 from tasks.assemble.markdown import kv, table
 from tasks.assemble.stats import RunStats
 
@@ -31,21 +32,29 @@ LICENCES = {
 }
 UNKNOWN_LICENCE = "unknown: state the licence of your file"
 
-SUBSETS = [  # (config name, [(split, glob)], schema)
+SUBSETS = [  # (config name, [(split, glob)], schema); the pair sets follow (pair_subsets)
     ("default", [("train", "dataset/*.parquet")], "dataset"),
+    ("dataset_ids", [("train", "dataset_ids/*.parquet")], "dataset_ids"),
     ("ratings_long", [("train", "dataset_long/*.parquet")], "ratings_long"),
-    ("h4", [("train_prefs", "preferences/h4/train_prefs-*.parquet"),
-            ("test_prefs", "preferences/h4/test_prefs-*.parquet")], "preferences_h4"),
-    ("argilla", [("train", "preferences/argilla/train-*.parquet")], "preferences_argilla"),
-    ("all_pairs", [("train", "preferences/all_pairs/train-*.parquet"),
-                   ("test", "preferences/all_pairs/test-*.parquet")], "preferences_h4"),
 ]
 
 
-def present_subsets(files: list[str]) -> list[tuple[str, list[tuple[str, str]], str]]:
-    """SUBSETS reduced to the splits that have at least one file."""
+def _pair_sets(config: dict) -> dict[str, dict]:
+    pairs = (config.get("publish") or {}).get("pairs")
+    if pairs is None:
+        pairs = {name: ps.model_dump() for name, ps in default_pairs().items()}
+    return pairs
+
+
+def pair_subsets(config: dict) -> list[tuple[str, list[tuple[str, str]], str]]:
+    return [(name, [(split, f"preferences/{name}/{split}-*.parquet") for split in LAYOUT_SPLITS[ps["layout"]]],
+             LAYOUT_SCHEMA[ps["layout"]]) for name, ps in _pair_sets(config).items()]
+
+
+def present_subsets(files: list[str], config: dict | None = None) -> list[tuple[str, list[tuple[str, str]], str]]:
+    """The card's configs (dataset, sidecars, pair sets) reduced to the splits that have files."""
     out = []
-    for name, splits, schema_name in SUBSETS:
+    for name, splits, schema_name in SUBSETS + pair_subsets(config or {}):
         kept = [(s, p) for s, p in splits if any(fnmatch(f, p) for f in files)]
         if kept:
             out.append((name, kept, schema_name))
@@ -102,29 +111,68 @@ def sources_table(stats: RunStats) -> pd.DataFrame:
     return src
 
 
-def _pairs_section(pair_stats: dict, publish: dict) -> str:
-    score = publish.get("score", "fine_grained")
+RULE_TEXT = {
+    "best_vs_random": "chosen = the best-scored completion (the first on ties), rejected = a seeded random one "
+                      "of the others, so ties are kept (HuggingFaceH4's rule)",
+    "best_vs_lower": "chosen = the best-scored completion, rejected = a seeded random one scored strictly lower; "
+                     "prompts whose scored completions all tie are dropped (Argilla's rule)",
+    "all_pairs": "every pair of completions with a strict score difference",
+}
+SCORE_TEXT = {
+    "overall": "`overall_score`, the critique's 1-10",
+    "fine_grained": "`fine-grained_score`, the mean of the aspect ratings that are not N/A (1-5)",
+}
+LAYOUT_TEXT = {
+    "h4": "HuggingFaceH4/ultrafeedback_binarized's columns and six splits (prompt a string, chosen/rejected = "
+          "[user turn, assistant turn], messages = chosen, in *_gen the user turn only)",
+    "argilla": "argilla/ultrafeedback-binarized-preferences-cleaned's columns (chosen-rating, chosen-model, ...), "
+               "one train split",
+    "trl": "TRL's explicit-prompt conversational format (prompt = [user turn], chosen/rejected = [assistant turn]), "
+           "train/test",
+}
+
+
+def _pairs_section(pair_stats: dict, config: dict) -> str:
+    sets = _pair_sets(config)
+    rows = pd.DataFrame([{
+        "set": f"`{name}`", "score": SCORE_TEXT.get(ps["score"], f"the `{ps['score']}` rating (1-5)"),
+        "rule": RULE_TEXT.get(ps["rule"], f"rule `{ps['rule']}`"), "layout": LAYOUT_TEXT[ps["layout"]],
+        "pairs": pair_stats.get(f"{name}.pairs", 0), "ties kept": pair_stats.get(f"{name}.ties", 0),
+        "prompts without a pair": pair_stats.get(f"{name}.prompts_without_pair", 0)
+        + pair_stats.get(f"{name}.prompts_with_fewer_than_two", 0),
+        "completions without this score": pair_stats.get(f"{name}.completions_without_score", 0),
+    } for name, ps in sets.items()])
     left_out = {
         "prompts from the truthful_qa source": pair_stats.get("dropped_truthful_qa_source", 0),
         "prompts equal to a TruthfulQA question": pair_stats.get("dropped_truthful_qa_question", 0),
         "completions without a response": pair_stats.get("completions_without_response", 0),
-        f"completions without a {score} score (missing or unreadable ratings)":
-            pair_stats.get("completions_without_score", 0),
-        "prompts with fewer than two scored completions": pair_stats.get("prompts_with_fewer_than_two", 0),
-        "Argilla-clean: prompts whose scored completions all tie": pair_stats.get("argilla_ties_dropped", 0),
     }
-    made = {
-        "H4 pairs (train_prefs / test_prefs)": f"{pair_stats.get('h4_train', 0):,} / {pair_stats.get('h4_test', 0):,}",
-        "H4 pairs where chosen and rejected scored the same": pair_stats.get("h4_ties", 0),
-        "Argilla-clean pairs": pair_stats.get("argilla_pairs", 0),
-        "all pairs (train / test)": f"{pair_stats.get('all_pairs_train', 0):,} / {pair_stats.get('all_pairs_test', 0):,}",
-    }
-    return (f"Completions are ranked by **{score}** (`publish.score`). H4: chosen = the best-scored "
-            "completion, rejected = a seeded random one of the others. Argilla-clean: rejected only among "
-            "strictly lower scores, so no ties. All pairs: every pair with a strict score difference; its "
-            "test split holds the same prompts as the H4 test split. Every pair file uses TRL's "
-            "conversational preference format (prompt = [user turn], chosen/rejected = [assistant turn]).\n\n"
-            f"{kv(made)}\n\nLeft out of the pairs (they stay in the full dataset):\n\n{kv(left_out)}")
+    splits = {f"{name} {k.removeprefix(name + '.rows_')}": v for name in sets for k, v in pair_stats.items()
+              if k.startswith(f"{name}.rows_")}
+    return ("Every pair set comes from the same completions and ratings; each is ordered by its own score "
+            "(`publish.pairs`), so the sets differ. H4 ranks by the critique's overall score (1-10) as "
+            "HuggingFaceH4 does, Argilla by the mean aspect rating as Argilla does; the two scores can disagree "
+            "on which completion is best and on what is a tie. The test prompts "
+            f"({pair_stats.get('test_prompts', 0):,}) are drawn once and are the same in every set with a test "
+            "split; argilla, like Argilla's release, has only a train split and includes them. "
+            "In h4, test_sft and test_gen are the two halves of test_prefs; the train splits hold the same pairs.\n\n"
+            f"{table(rows)}\n\nRows per split:\n\n{kv(splits)}\n\n"
+            f"Left out of every set (they stay in the full dataset):\n\n{kv(left_out)}")
+
+
+LOSSY = """\
+`default` has exactly openbmb/UltraFeedback's features, so code written for that release (and
+`concatenate_datasets` with it) works unchanged. Where that layout cannot say what this run knows:
+
+- A rating the judge's answer did not yield is a null `Rating` (the original left the aspect out
+  after its retries); `dataset_long` has its `parse_status` and `parse_reason` for every
+  (completion, aspect), and the raw judge answers stay in the run's rating shards.
+- A "no type applies" answer is `Type: ["None"]`, as the original wrote "None" in a list column.
+- `correct_answers` / `incorrect_answers` are `["None"]` where a source has none; for FLAN rows
+  `correct_answers` holds the FLAN reference (target or rationale), the one the judge was shown.
+- `prompt_id` (sha256 of the instruction, H4's id), the source file and row, and the ids of the
+  generation requests are in `dataset_ids`, one row per dataset row in the same order.
+"""
 
 
 def loading_snippet(subsets: list) -> str:
@@ -139,7 +187,7 @@ def loading_snippet(subsets: list) -> str:
 def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[str],
                 position_bias: pd.DataFrame | None = None, files: list[str] | None = None,
                 notes: list[str] | None = None) -> str:
-    subsets = present_subsets(files or [])
+    subsets = present_subsets(files or [], config)
     src = sources_table(stats)
     name = config.get("name", "ultrafeedback")
     totals = stats.totals
@@ -156,8 +204,8 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         *[f"> **Note:** {n}\n" for n in notes or []],
         "## Loading\n",
         loading_snippet(subsets),
-        "The pair files can be given to TRL's `DPOTrainer` as they are. A split without rows has no "
-        "file and is not listed.\n",
+        "The `trl` pair files can be given to TRL's `DPOTrainer` as they are; `h4` and `argilla` have the "
+        "columns of the releases they are named after. A split without rows has no file and is not listed.\n",
         "## Sources and licences\n", table(src),
         "\nA dataset inherits the terms of its sources: a non-commercial source makes the whole dataset "
         "non-commercial.\n",
@@ -167,7 +215,8 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "\n### Aspect correlation\n", table(stats.correlation),
         "\n## Cost\n", "Calls: generation requests, and judge calls (one per instruction and aspect, one per critique). "
         "Judge tokens and dollars are counted once per call, re-asks included.\n", table(stats.cost),
-        "\n## Preference pairs\n", _pairs_section(pair_stats, config.get("publish", {})),
+        "\n## What the openbmb layout leaves out\n", LOSSY,
+        "\n## Preference pairs\n", _pairs_section(pair_stats, config),
     ]
     if position_bias is not None:
         lines += ["\n## Position bias\n", "Agreement between the ratings of a sample and a re-rating with "

@@ -1,16 +1,63 @@
 """Assemble/publish configuration (the `publish` section of the run config).
 
 Inputs: the `publish` mapping of the run config. Output: a validated `PublishConfig`;
-every error names the field (`publish.score: ...`).
+every error names the field (`publish.pairs.h4.score: ...`).
+
+Each pair set has its own rule, score and layout, so H4-faithful and Argilla-faithful
+pairs come from one run. A rule is a name in tasks.assemble.binarize.RULES (more rules can
+be registered there, e.g. by tasks.assemble.pair_rules).
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ASPECT_SCORES = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 Score = Literal["overall", "fine_grained", "instruction_following", "honesty", "truthfulness", "helpfulness"]
+Layout = Literal["h4", "argilla", "trl"]
+
+# Splits each layout writes (H4's six; Argilla's one; TRL train/test).
+LAYOUT_SPLITS: dict[str, tuple[str, ...]] = {
+    "h4": ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"),
+    "argilla": ("train",),
+    "trl": ("train", "test"),
+}
+LAYOUT_SCHEMA = {"h4": "preferences_h4", "argilla": "preferences_argilla", "trl": "preferences_trl"}
+
+
+class PairSet(BaseModel):
+    """One published pair set: which completions pair up (rule), ranked by what (score),
+    written how (layout: its columns and splits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(description="best_vs_random (H4: best vs a random other, ties kept), best_vs_lower "
+                      "(Argilla: best vs a random strictly lower one, ties dropped), all_pairs (every strictly "
+                      "ordered pair), or a rule registered in tasks.assemble.binarize.RULES")
+    score: Score = Field(description="Score that ranks the completions: overall (the critique's 1-10), fine_grained "
+                         "(mean of the aspect ratings that are not N/A) or one aspect's rating")
+    layout: Layout = Field(description="h4 (HuggingFaceH4/ultrafeedback_binarized columns and six splits), argilla "
+                           "(argilla/ultrafeedback-binarized-preferences-cleaned columns, train only) or trl "
+                           "(TRL's explicit-prompt conversational format, train/test)")
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, rule: str) -> str:
+        from tasks.assemble.binarize import known_rules
+
+        if rule not in known_rules():
+            raise ValueError(f"unknown rule {rule!r}; known: {sorted(known_rules())}")
+        return rule
+
+
+def default_pairs() -> dict[str, PairSet]:
+    return {
+        "h4": PairSet(rule="best_vs_random", score="overall", layout="h4"),
+        "argilla": PairSet(rule="best_vs_lower", score="fine_grained", layout="argilla"),
+        "trl": PairSet(rule="best_vs_random", score="fine_grained", layout="trl"),
+        "all_pairs": PairSet(rule="all_pairs", score="fine_grained", layout="trl"),
+    }
 
 
 class PublishConfig(BaseModel):
@@ -18,18 +65,17 @@ class PublishConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    score: Score = Field(
-        "fine_grained",
-        description="Score that ranks completions for the pairs: overall (the critique's 1-10), "
-        "fine_grained (mean of the aspect ratings that are not N/A) or one aspect's rating",
-    )
+    pairs: dict[str, PairSet] = Field(
+        default_factory=default_pairs,
+        description="Pair sets by name (written to preferences/<name>/); each has its own rule, score and layout. "
+                    "Default: h4 (overall_score, as HuggingFaceH4), argilla (mean aspect rating, as Argilla), trl "
+                    "and all_pairs (mean aspect rating, TRL layout)")
     seed: int | None = Field(None, description="Seed of the rejected-completion draw and the train/test split; "
                              "empty = the run's seed")
-    test_size: int = Field(2000, ge=0, description="Prompts in the H4 and all-pairs test split (2,000 in the original)")
+    test_size: int = Field(2000, ge=0, description="Prompts in the test splits (2,000 in H4's release)")
     max_test_fraction: float = Field(
         0.2, gt=0, le=1, description="Upper bound on the test split as a fraction of the prompts, so a small "
         "run still has a train split")
-    all_pairs: bool = Field(True, description="Also write every (better, worse) completion pair of each prompt")
     drop_truthful_qa: bool = Field(
         True, description="Leave out of the pairs the truthful_qa source and prompts equal to a TruthfulQA question")
     truthfulqa_file: str | None = Field(
@@ -39,6 +85,35 @@ class PublishConfig(BaseModel):
     plots: bool = Field(True, description="Render the quality report's PNG plots")
     position_bias: bool = Field(False, description="Re-rate a sample with the completion order reversed")
     position_bias_sample: int = Field(50, ge=1, le=100_000, description="Prompts in the position-bias sample")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, raw):
+        """Configs written before pair sets had their own score: `score` ranked every set and
+        `all_pairs: false` left that set out. They map onto `pairs` (h4 keeps overall_score,
+        its release's score)."""
+        if not isinstance(raw, dict) or not ({"score", "all_pairs"} & set(raw)):
+            return raw
+        raw = dict(raw)
+        score, keep_all = raw.pop("score", None), raw.pop("all_pairs", True)
+        if "pairs" not in raw:
+            pairs = {n: ps.model_dump() for n, ps in default_pairs().items()}
+            for name in ("argilla", "trl", "all_pairs"):
+                pairs[name]["score"] = score or pairs[name]["score"]
+            if not keep_all:
+                pairs.pop("all_pairs")
+            raw["pairs"] = pairs
+        return raw
+
+    @field_validator("pairs")
+    @classmethod
+    def _names(cls, pairs: dict[str, PairSet]) -> dict[str, PairSet]:
+        import re
+
+        bad = [n for n in pairs if not re.fullmatch(r"[a-z0-9_]+", n)]
+        if bad:
+            raise ValueError(f"pair set names are folder names (a-z, 0-9, _), got {bad}")
+        return pairs
 
     @field_validator("truthfulqa_file")
     @classmethod

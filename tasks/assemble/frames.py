@@ -5,11 +5,11 @@ Outputs:
 - `completion_frame`: one pandas row per completion in dataset order (prompt, position,
   model, principle, whether it has a response, overall, fine-grained and aspect scores),
   what the statistics and the pair builder read;
-- `prompts`: the pair builder's `Prompt`s, whose candidates point at completion rows
-  instead of holding the response text;
-- `h4_table` / `argilla_table`: the picked pairs as Arrow tables (schemas
-  "preferences_h4" / "preferences_argilla"), texts taken from the columns, not copied
-  into Python strings.
+- `prompts_by_score`: the pair builder's `Prompt`s under each score, whose candidates
+  point at completion rows instead of holding the response text;
+- `pair_table`: picked pairs as an Arrow table of their layout (schemas
+  "preferences_h4" / "preferences_trl" / "preferences_argilla"), texts taken from the
+  columns, not copied into Python strings.
 
 Scores follow tasks.assemble.binarize.completion_score on the dataset's strings: an
 aspect's score is its rating unless it is N/A or was not read; "overall" is the
@@ -22,13 +22,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.schemas import PREFERENCES_ARGILLA, PREFERENCES_H4
+from storage.schemas import PREFERENCES_H4, SCHEMAS
 from tasks.assemble.binarize import Candidate, PairStats, Pick, Prompt
-from tasks.assemble.config import ASPECT_SCORES
+from tasks.assemble.config import ASPECT_SCORES, LAYOUT_SCHEMA
 from tasks.assemble.join import Joined, _a, fine_grained_scores
 from tasks.rating.protocol import ASPECTS, CRITIQUE
 
-_MESSAGE = PREFERENCES_H4.field("prompt").type.value_type
+_MESSAGE = PREFERENCES_H4.field("chosen").type.value_type
 
 
 def _aspect_score(j: Joined, aspect: str) -> np.ndarray:
@@ -67,37 +67,36 @@ def completion_frame(j: Joined) -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-def prompts(j: Joined, frame: pd.DataFrame, score: str, stats: PairStats) -> list[Prompt]:
-    """The pair builder's prompts; counts unusable completions as binarize.collect does."""
-    if score == "overall":
-        column = "overall"
-    elif score == "fine_grained":
-        column = "fine_grained"
-    elif score in ASPECT_SCORES:
-        column = score
-    else:
-        raise ValueError(f"publish.score: unknown score {score!r}")
-    values = frame[column].to_numpy()
+def _score_column(score: str) -> str:
+    if score in ("overall", "fine_grained") or score in ASPECT_SCORES:
+        return score
+    raise ValueError(f"publish.pairs: unknown score {score!r}")
+
+
+def prompts_by_score(j: Joined, frame: pd.DataFrame, scores: list[str], stats: PairStats) -> dict[str, list[Prompt]]:
+    """The pair builder's prompts under each score (candidates: completions with a response,
+    NaN where the score is missing), counted as binarize.collect counts them."""
+    columns = {s: frame[_score_column(s)].to_numpy() for s in scores}
     has = frame["has_response"].to_numpy()
     models, refs = frame["model"].to_numpy(), frame["_row"].to_numpy()
     stats.completions += len(frame)
     stats.completions_without_response += int((~has).sum())
-    stats.completions_without_score += int((has & np.isnan(values)).sum())
     ins = j.instructions.select(["source", "prompt_id", "instruction"]).to_pylist()
-    out = []
+    out: dict[str, list[Prompt]] = {s: [] for s in scores}
     for i, row in enumerate(ins):
         lo, hi = int(j.offsets[i]), int(j.offsets[i + 1])
-        cands = [Candidate(k - lo, models[k], "", float(values[k]), int(refs[k]))
-                 for k in range(lo, hi) if has[k] and not np.isnan(values[k])]
-        out.append(Prompt(row["source"], row["prompt_id"], row["instruction"], cands))
-    stats.prompts = len(out)
+        keep = [k for k in range(lo, hi) if has[k]]
+        for s, values in columns.items():
+            cands = [Candidate(k - lo, models[k], "", float(values[k]), int(refs[k])) for k in keep]
+            out[s].append(Prompt(row["source"], row["prompt_id"], row["instruction"], cands))
+    stats.prompts = len(ins)
     return out
 
 
 def _turns(role: str, content: pa.Array) -> pa.ListArray:
-    """One-message conversations: [{role, content}] per row."""
+    """One-message conversations: [{content, role}] per row."""
     n = len(content)
-    msgs = pa.StructArray.from_arrays([pa.repeat(pa.scalar(role), n), content], fields=list(_MESSAGE))
+    msgs = pa.StructArray.from_arrays([content, pa.repeat(pa.scalar(role), n).cast(pa.string())], fields=list(_MESSAGE))
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), msgs)
 
 
@@ -108,7 +107,7 @@ def _conversation(user: pa.Array, assistant: pa.Array) -> pa.ListArray:
     interleave[0::2], interleave[1::2] = np.arange(n), np.arange(n) + n
     content = pa.concat_arrays([user, assistant]).take(pa.array(interleave))
     roles = pa.array(np.tile(np.array(["user", "assistant"], dtype=object), n), pa.string())
-    msgs = pa.StructArray.from_arrays([roles, content], fields=list(_MESSAGE))
+    msgs = pa.StructArray.from_arrays([content, roles], fields=list(_MESSAGE))
     return pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), msgs)
 
 
@@ -120,27 +119,23 @@ def _texts(j: Joined, picks: list[Pick]) -> tuple[pa.Array, pa.Array, pa.Array]:
     return prompt, chosen, rejected
 
 
-def h4_table(j: Joined, picks: list[Pick]) -> pa.Table:
+def pair_table(j: Joined, picks: list[Pick], layout: str, split: str) -> pa.Table:
+    """Picks as a table of the layout's schema; equal to binarize.pair_row per pick."""
     prompt, chosen, rejected = _texts(j, picks)
-    cols = {
-        "prompt": _turns("user", prompt), "prompt_id": pa.array([p.prompt_id for p, _, _ in picks], pa.string()),
-        "chosen": _turns("assistant", chosen), "rejected": _turns("assistant", rejected),
-        "messages": _conversation(prompt, chosen),
-        "score_chosen": pa.array([c.score for _, c, _ in picks], pa.float64()),
-        "score_rejected": pa.array([r.score for _, _, r in picks], pa.float64()),
-    }
-    return pa.Table.from_arrays([cols[f.name] for f in PREFERENCES_H4], schema=PREFERENCES_H4)
-
-
-def argilla_table(j: Joined, picks: list[Pick]) -> pa.Table:
-    prompt, chosen, rejected = _texts(j, picks)
-    cols = {
-        "source": pa.array([p.source for p, _, _ in picks], pa.string()), "prompt": _turns("user", prompt),
-        "prompt_id": pa.array([p.prompt_id for p, _, _ in picks], pa.string()),
-        "chosen": _turns("assistant", chosen), "chosen-rating": pa.array([c.score for _, c, _ in picks], pa.float64()),
-        "chosen-model": pa.array([c.model for _, c, _ in picks], pa.string()),
-        "rejected": _turns("assistant", rejected),
-        "rejected-rating": pa.array([r.score for _, _, r in picks], pa.float64()),
-        "rejected-model": pa.array([r.model for _, _, r in picks], pa.string()),
-    }
-    return pa.Table.from_arrays([cols[f.name] for f in PREFERENCES_ARGILLA], schema=PREFERENCES_ARGILLA)
+    schema = SCHEMAS[LAYOUT_SCHEMA[layout]]
+    f64 = pa.float64()
+    cols = {"prompt_id": pa.array([p.prompt_id for p, _, _ in picks], pa.string()),
+            "score_chosen": pa.array([c.score for _, c, _ in picks], f64),
+            "score_rejected": pa.array([r.score for _, _, r in picks], f64)}
+    if layout == "trl":
+        cols.update(prompt=_turns("user", prompt), chosen=_turns("assistant", chosen),
+                    rejected=_turns("assistant", rejected), messages=_conversation(prompt, chosen))
+    else:
+        cols.update(prompt=prompt, chosen=_conversation(prompt, chosen), rejected=_conversation(prompt, rejected))
+        cols["messages"] = _turns("user", prompt) if split.endswith("_gen") else cols["chosen"]
+    if layout == "argilla":
+        cols.update({"source": pa.array([p.source for p, _, _ in picks], pa.string()),
+                     "chosen-rating": cols["score_chosen"], "rejected-rating": cols["score_rejected"],
+                     "chosen-model": pa.array([c.model for _, c, _ in picks], pa.string()),
+                     "rejected-model": pa.array([r.model for _, _, r in picks], pa.string())})
+    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)

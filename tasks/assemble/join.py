@@ -2,10 +2,13 @@
 
 Inputs: pyarrow tables under the INSTRUCTIONS, COMPLETIONS and RATINGS schemas (every
 shard of a stage concatenated). Outputs:
-- `dataset_table`: the openbmb/UltraFeedback layout (schema "dataset"), one row per
+- `dataset_table`: exactly openbmb/UltraFeedback's features (schema "dataset"), one row per
   instruction, completions nested in completion_index order, ratings as strings ("N/A"
-  where the judge said so, null where no rating could be read), the critique, the overall
-  score and the fine-grained score;
+  where the judge said so, null where no rating could be read), Type only for the two
+  typed aspects (["None"] where the judge named none), the critique, the overall and the
+  fine-grained score; FLAN's reference in correct_answers, ["None"] where a source has none;
+- `ids_from`: its sidecar (schema "dataset_ids"), row for row: prompt_id, where the row
+  came from and the completions' request ids;
 - `long_table`: one row per (completion, aspect) (schema "ratings_long"), with a row of
   parse_status "missing" wherever the rating stage has none, so gaps stay visible
   ("no_response" where the completion itself failed and so was never rated);
@@ -29,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.schemas import DATASET, RATINGS_LONG
+from storage.schemas import DATASET, DATASET_IDS, RATINGS_LONG
 from tasks.errors import InputError
 from tasks.rating.protocol import ASPECTS, CRITIQUE
 
@@ -40,7 +43,7 @@ RATING_COLUMNS = ["prompt_id", "completion_index", "aspect", "rating", "rating_n
                   "rationale_for_rating", "parse_status", "parse_reason", "judge_model", "prompt_tokens",
                   "completion_tokens", "cost_usd", "request_id"]
 COMPLETION_COLUMNS = ["prompt_id", "completion_index", "model", "principle", "system_prompt", "response",
-                      "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "error"]
+                      "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "error", "request_id"]
 
 
 def rating_string(row: dict | None) -> str | None:
@@ -175,15 +178,23 @@ def _rows(j: Joined, aspect: str, idx: pa.Array | None) -> pa.Array:
     return j.rows[aspect] if idx is None else j.rows[aspect].take(idx)
 
 
+def types_strings(types: pa.Array) -> pa.Array:
+    """Type lists as openbmb writes them: a judge's "None" (no type applies, an empty list
+    here) becomes ["None"]; a list stays; null (nothing read) stays null."""
+    empty = pc.equal(pc.list_value_length(types), 0)
+    none = pa.array([["None"]] * len(types), _STR_LIST) if len(types) else pa.array([], _STR_LIST)
+    return pc.if_else(pc.fill_null(empty, False), none, types)
+
+
+_STR_LIST = pa.list_(pa.string())
+
+
 def _annotation(j: Joined, aspect: str, idx: pa.Array | None) -> pa.StructArray:
     t = j.ratings.take(_rows(j, aspect, idx))
-    typed = aspect in TYPED
-    none_list = pa.nulls(len(t), pa.list_(pa.string()))
-    none_str = pa.nulls(len(t), pa.string())
-    return pa.StructArray.from_arrays(
-        [rating_strings(_a(t["rating"]), _a(t["rating_na"])), _a(t["rationale"]),
-         _a(t["types"]) if typed else none_list, _a(t["rationale_for_rating"]) if typed else none_str],
-        fields=list(DATASET.field("completions").type.value_type.field("annotations").type.field(aspect).type))
+    arrays = {"Rating": rating_strings(_a(t["rating"]), _a(t["rating_na"])), "Rationale": _a(t["rationale"]),
+              "Rationale For Rating": _a(t["rationale_for_rating"]), "Type": types_strings(_a(t["types"]))}
+    fields = list(_ANNOTATIONS.field(aspect).type)
+    return pa.StructArray.from_arrays([arrays[f.name] for f in fields], fields=fields)
 
 
 def fine_grained_scores(j: Joined, idx: pa.Array | None = None) -> pa.Array:
@@ -208,35 +219,68 @@ def fine_grained_scores(j: Joined, idx: pa.Array | None = None) -> pa.Array:
     return pa.array(score, pa.float64(), mask=~ok)
 
 
+_COMPLETION = DATASET.field("completions").type.value_type
+_ANNOTATIONS = _COMPLETION.field("annotations").type
+
+
 def completion_structs(j: Joined, idx: pa.Array) -> pa.StructArray:
     """The completions `idx` (rows of `comps`) as the dataset's nested completion structs."""
     crit = j.ratings.select(["rating", "rationale"]).take(_rows(j, CRITIQUE, idx))
-    ann_type = DATASET.field("completions").type.value_type.field("annotations").type
-    annotations = pa.StructArray.from_arrays([_annotation(j, a, idx) for a in ASPECTS], fields=list(ann_type))
+    annotations = pa.StructArray.from_arrays([_annotation(j, f.name, idx) for f in _ANNOTATIONS],
+                                             fields=list(_ANNOTATIONS))
     c = j.comps.select(["model", "principle", "system_prompt", "response"]).take(idx)
-    return pa.StructArray.from_arrays(
-        [_a(c["model"]), _a(c["principle"]), _a(c["system_prompt"]), _a(c["response"]), annotations,
-         _a(crit["rationale"]), _a(crit["rating"]), fine_grained_scores(j, idx)],
-        fields=list(DATASET.field("completions").type.value_type))
+    arrays = {"annotations": annotations, "critique": _a(crit["rationale"]),
+              "custom_system_prompt": _a(c["system_prompt"]), "fine-grained_score": fine_grained_scores(j, idx),
+              "model": _a(c["model"]), "overall_score": _a(crit["rating"]), "principle": _a(c["principle"]),
+              "response": _a(c["response"])}
+    return pa.StructArray.from_arrays([arrays[f.name] for f in _COMPLETION], fields=list(_COMPLETION))
 
 
-def _answers(col: pa.ChunkedArray) -> pa.Array:
-    # The original writes ["None"] where a source has no reference answers.
-    return pa.array([list(v) if v else ["None"] for v in col.to_pylist()], pa.list_(pa.string()))
+def answers_column(answers: pa.ChunkedArray, reference: pa.ChunkedArray | None = None) -> pa.Array:
+    """Reference answers as the original writes them: the source's list, else (FLAN) the
+    reference answer as a one-item list, else ["None"]."""
+    refs = reference.to_pylist() if reference is not None else [None] * len(answers)
+    return pa.array([list(v) if v else [r] if r else ["None"] for v, r in zip(answers.to_pylist(), refs)],
+                    _STR_LIST)
+
+
+def _flan_reference(ins: pa.Table) -> pa.ChunkedArray:
+    """The reference answer of FLAN rows (null elsewhere): openbmb puts it in correct_answers."""
+    is_flan = pc.equal(ins["source_format"], "flan")
+    return pc.if_else(is_flan, ins["reference_answer"], pa.scalar(None, pa.string()))
+
+
+def _slice(j: Joined, lo: int, hi: int | None):
+    hi = j.instructions.num_rows if hi is None else hi
+    first, last = int(j.offsets[lo]), int(j.offsets[hi])
+    offsets = pa.array((j.offsets[lo:hi + 1] - first).astype(np.int32))
+    return j.instructions.slice(lo, hi - lo), offsets, pa.array(j.order[first:last])
 
 
 def dataset_from(j: Joined, lo: int = 0, hi: int | None = None) -> pa.Table:
     """Rows [lo, hi) of the openbmb/UltraFeedback-layout table (schema "dataset") of a join."""
-    hi = j.instructions.num_rows if hi is None else hi
-    ins = j.instructions.slice(lo, hi - lo)
-    first, last = int(j.offsets[lo]), int(j.offsets[hi])
-    offsets = pa.array((j.offsets[lo:hi + 1] - first).astype(np.int32))
-    take = pa.array(j.order[first:last])
-    models = pa.ListArray.from_arrays(offsets, _a(j.comps["model"]).take(take))
-    comps = pa.ListArray.from_arrays(offsets, completion_structs(j, take))
-    return pa.Table.from_arrays(
-        [_a(ins["source"]), _a(ins["prompt_id"]), _a(ins["instruction"]), models, _answers(ins["correct_answers"]),
-         _answers(ins["incorrect_answers"]), comps], schema=DATASET)
+    ins, offsets, take = _slice(j, lo, hi)
+    arrays = {
+        "source": _a(ins["source"]), "instruction": _a(ins["instruction"]),
+        "models": pa.ListArray.from_arrays(offsets, _a(j.comps["model"]).take(take)),
+        "completions": pa.ListArray.from_arrays(offsets, completion_structs(j, take)),
+        "correct_answers": answers_column(ins["correct_answers"], _flan_reference(ins)),
+        "incorrect_answers": answers_column(ins["incorrect_answers"]),
+    }
+    return pa.Table.from_arrays([arrays[f.name] for f in DATASET], schema=DATASET)
+
+
+def ids_from(j: Joined, lo: int = 0, hi: int | None = None) -> pa.Table:
+    """Rows [lo, hi) of the dataset's sidecar (schema "dataset_ids"), aligned with dataset_from."""
+    ins, offsets, take = _slice(j, lo, hi)
+    c = j.comps.select(["completion_index", "request_id"]).take(take)
+    arrays = {
+        "prompt_id": _a(ins["prompt_id"]), "source": _a(ins["source"]), "task": _a(ins["task"]),
+        "source_file": _a(ins["source_file"]), "source_row": _a(ins["source_row"]),
+        "completion_indexes": pa.ListArray.from_arrays(offsets, _a(c["completion_index"])),
+        "completion_request_ids": pa.ListArray.from_arrays(offsets, _a(c["request_id"])),
+    }
+    return pa.Table.from_arrays([arrays[f.name] for f in DATASET_IDS], schema=DATASET_IDS)
 
 
 def dataset_table(instructions: pa.Table, completions: pa.Table, ratings: pa.Table) -> pa.Table:

@@ -4,11 +4,12 @@ Inputs: the stage tables (INSTRUCTIONS, COMPLETIONS, RATINGS), the run config (a
 dict, for the card), the PublishConfig, the seed, what counts as TruthfulQA, and an
 optional position-bias result. Outputs (see docs/output.md):
 
-    dataset/train-NNNNN-of-NNNNN.parquet            UltraFeedback layout ("dataset")
+    dataset/train-NNNNN-of-NNNNN.parquet            openbmb/UltraFeedback's features ("dataset")
+    dataset_ids/train-*.parquet                     its sidecar, row for row: prompt_id and ids
     dataset_long/train-*.parquet                    one row per completion and aspect
-    preferences/h4/{train_prefs,test_prefs}-*.parquet
-    preferences/argilla/train-*.parquet
-    preferences/all_pairs/{train,test}-*.parquet    (publish.all_pairs)
+    preferences/<set>/<split>-*.parquet             each pair set of publish.pairs, in its
+                                                    layout's splits (h4: six; argilla: train;
+                                                    trl: train, test)
     report/report.md + report/*.png
     README.md                                       the dataset card, written last
 
@@ -31,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.schemas import SCHEMAS
-from storage.tables import remove_files, write_bytes, write_table_chunks, write_text
+from storage.tables import write_bytes, write_table_chunks, write_text
 from tasks.assemble import frames
-from tasks.assemble.binarize import PairStats, choose, drop_truthful_qa
+from tasks.assemble.binarize import Choice, PairStats, choose, drop_truthful_qa_all
 from tasks.assemble.card import render_card
-from tasks.assemble.config import PublishConfig
-from tasks.assemble.join import dataset_from, join, long_from, long_rows
+from tasks.assemble.config import LAYOUT_SCHEMA, PublishConfig
+from tasks.assemble.join import dataset_from, ids_from, join, long_from, long_rows
 from tasks.assemble.plots import render_all
 from tasks.assemble.report import publish_artifacts, render_report
 from tasks.assemble.stats import LONG_COLUMNS, RunStats, run_stats
@@ -105,6 +106,27 @@ def write_parts_built(root: str, folder: str, prefix: str, total: int, build: Ca
     return files
 
 
+def choose_pairs(joined, comps, publish_cfg: PublishConfig, seed: int, truthful_sources: set[str],
+                 truthful_questions: set[str]) -> Choice:
+    """Every configured pair set, each ranked by its own score, from one join."""
+    stats = PairStats()
+    scores = sorted({ps.score for ps in publish_cfg.pairs.values()})
+    by_score = frames.prompts_by_score(joined, comps, scores, stats)
+    if publish_cfg.drop_truthful_qa:
+        by_score = drop_truthful_qa_all(by_score, set(truthful_sources), set(truthful_questions), stats)
+    return choose(by_score, publish_cfg.pairs, seed, publish_cfg.test_rows, stats)
+
+
+def remove_stale_sets(root: str, keep: set[str]) -> None:
+    """Pair files of sets no longer configured go, so the card lists only what was built."""
+    fs, base = fsspec.core.url_to_fs(f"{root}/preferences")
+    if not fs.exists(base):
+        return
+    for path in fs.glob(f"{base}/*/*.parquet"):
+        if path.rsplit("/", 2)[-2] not in keep:
+            fs.rm(path)
+
+
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
             truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None,
@@ -117,6 +139,8 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     # long table has 1.3 million rows and the pair files hold a few hundred thousand texts.
     files = write_parts_built(root, "dataset", "train", instructions.num_rows,
                               lambda lo, hi: dataset_from(joined, lo, hi), "dataset", n, CHUNK_ROWS)
+    files += write_parts_built(root, "dataset_ids", "train", instructions.num_rows,
+                               lambda lo, hi: ids_from(joined, lo, hi), "dataset_ids", n, CHUNK_ROWS)
     slim: list[pa.Table] = []  # what the statistics need of the long table
 
     def long_part(lo: int, hi: int) -> pa.Table:
@@ -127,27 +151,14 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     files += write_parts_built(root, "dataset_long", "train", long_rows(joined), long_part, "ratings_long", n, n)
     long = pa.concat_tables(slim) if slim else SCHEMAS["ratings_long"].empty_table()
     comps = frames.completion_frame(joined)
-    pair_stats_obj = PairStats()
-    prompts = frames.prompts(joined, comps, publish_cfg.score, pair_stats_obj)
-    if publish_cfg.drop_truthful_qa:
-        prompts = drop_truthful_qa(prompts, set(truthful_sources), set(truthful_questions), pair_stats_obj)
-    pairs = choose(prompts, seed, publish_cfg.test_rows, pair_stats_obj, with_all_pairs=publish_cfg.all_pairs)
-    del prompts
-
-    def pair_files(folder: str, prefix: str, picks: list, argilla: bool = False) -> list[OutputFile]:
-        make = frames.argilla_table if argilla else frames.h4_table
-        schema_name = "preferences_argilla" if argilla else "preferences_h4"
-        return write_parts_built(root, folder, prefix, len(picks), lambda lo, hi: make(joined, picks[lo:hi]),
-                                 schema_name, n, CHUNK_ROWS)
-
-    files += pair_files("preferences/h4", "train_prefs", pairs.h4_train)
-    files += pair_files("preferences/h4", "test_prefs", pairs.h4_test)
-    files += pair_files("preferences/argilla", "train", pairs.argilla, argilla=True)
-    if publish_cfg.all_pairs:
-        files += pair_files("preferences/all_pairs", "train", pairs.all_train)
-        files += pair_files("preferences/all_pairs", "test", pairs.all_test)
-    else:
-        remove_files(f"{root}/preferences/all_pairs/*.parquet")
+    pairs = choose_pairs(joined, comps, publish_cfg, seed, truthful_sources, truthful_questions)
+    for name, splits in pairs.sets.items():
+        layout = publish_cfg.pairs[name].layout
+        for split, picks in splits.items():
+            files += write_parts_built(root, f"preferences/{name}", split, len(picks),
+                                       lambda lo, hi, p=picks, s=split, l=layout: frames.pair_table(joined, p[lo:hi], l, s),
+                                       LAYOUT_SCHEMA[layout], n, CHUNK_ROWS)
+    remove_stale_sets(root, set(publish_cfg.pairs))
 
     stats = run_stats(instructions, joined.comps, long, comps)
     pair_stats = pairs.stats.as_dict()

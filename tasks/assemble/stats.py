@@ -42,10 +42,13 @@ class RunStats:
 
 def completion_frame(dataset_rows: list[dict]) -> pd.DataFrame:
     """One row per completion with its scores (the dataset's nested values, flattened)."""
+    from storage.keys import prompt_id
+
     out = []
     for row in dataset_rows:
         for i, comp in enumerate(row["completions"]):
-            rec = {"prompt_id": row["prompt_id"], "source": row["source"], "completion_index": i,
+            rec = {"prompt_id": row.get("prompt_id") or prompt_id(row["instruction"]), "source": row["source"],
+                   "completion_index": i,
                    "model": comp["model"], "principle": comp["principle"],
                    "has_response": bool((comp["response"] or "").strip()),
                    "overall": comp["overall_score"], "fine_grained": comp["fine-grained_score"]}

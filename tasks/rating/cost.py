@@ -114,3 +114,17 @@ def format_summary(summary: Iterable[dict]) -> str:
                     f"| {line['completion_tokens']:,} | {usd} |")
     rows.append(f"\nTotal: {total:.4f} USD" + (" plus unpriced requests" if any_unpriced else ""))
     return "\n".join(rows)
+
+
+# Batch APIs (OpenAI Batch, Azure OpenAI global batch) bill half the list price.
+BATCH_FACTOR = 0.5
+
+
+def estimate(stage: str, model: str, requests: int, prompt_tokens: int, completion_tokens: int,
+             price: Price | None, batch_factor: float = BATCH_FACTOR) -> dict:
+    """A planned request volume priced in realtime and batch mode (USD; None when the model
+    has no price, which is reported as unpriced, never as free)."""
+    usd = request_cost(prompt_tokens, completion_tokens, price)
+    return {"stage": stage, "model": model, "requests": requests, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "realtime_usd": usd,
+            "batch_usd": None if usd is None else usd * batch_factor}

@@ -83,9 +83,11 @@ def aspect_user_message(aspect: str, instruction: str, texts: Sequence[str], mod
 
 def critique_user_message(instruction: str, response: str, system_prompt: str, mode: str,
                           note: str | None = None) -> str:
+    # As in the original, the completion's guidance is appended to the instruction as a note.
+    guidance = (system_prompt or "").strip()
+    asked = f"{instruction}\n\nNote: {guidance}" if guidance else instruction
     parts = [aspect_header(CRITIQUE), rubrics.CRITIQUE,
-             f"Guidance the answer was given:\n{_clean(system_prompt) or '(none)'}",
-             f"Instruction:\n<instruction>\n{_clean(instruction)}\n</instruction>",
+             f"Instruction:\n<instruction>\n{_clean(asked)}\n</instruction>",
              f"Answer:\n{fence_response(response)}",
              format_instructions(CRITIQUE, 1, mode)]
     if note:

@@ -30,6 +30,10 @@ class SourceConfig(BaseModel):
     task_path: Union[str, list[str], None] = Field(
         None, description="FLAN per-task files: TSV (one task per file) or jsonl/csv/parquet with task,inputs,targets")
     per_task: int | None = Field(None, ge=1, description="FLAN: rows drawn from each task of task_path")
+    expected_rows: int | None = Field(
+        None, ge=0, exclude=True,  # not part of any cache key: the sample stage never reads it
+        description="For `ultrafeedback plan` only: rows this source is expected to yield where the "
+        "count depends on its files (quota 'all', per_task); the sample stage ignores it")
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":

@@ -39,7 +39,7 @@ def test_all_four_stages_publish_the_outputs(run_dir):
     summary = state.result()
     assert summary["stages"]["assemble"]["shards"]["written"] == 1
     pairs = summary["stages"]["assemble"]["pairs"]
-    assert pairs["dropped_truthful_qa_source"] == 3 and pairs["h4_pairs"] > 0
+    assert pairs["dropped_truthful_qa_source"] == 3 and pairs["h4.pairs"] > 0
     for rel in ["README.md", "report/report.md", "report/leaderboard.png", "dataset/train-00000-of-00001.parquet",
                 "preferences/h4/train_prefs-00000-of-00001.parquet", "preferences/argilla/train-00000-of-00001.parquet"]:
         assert (out / rel).exists(), rel
@@ -83,7 +83,8 @@ def test_unchanged_rerun_publishes_nothing_new(run_dir):
 
 def test_changed_publish_setting_reassembles(run_dir):
     out, cfg, _ = run_dir
-    changed = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"all_pairs": False,
+    fewer = {k: v for k, v in cfg.publish.pairs.items() if k != "all_pairs"}
+    changed = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"pairs": fewer,
                                                                              "position_bias": False})})
     summary = ultrafeedback(config=changed, stages=["assemble"])
     assert summary["stages"]["assemble"]["shards"]["written"] == 1

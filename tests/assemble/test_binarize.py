@@ -8,6 +8,7 @@ import pytest
 from assemble_fixtures import ASPECTS, build, evol_rows, full, truthfulqa_questions, truthfulqa_rows, ultrachat_rows
 from storage.schemas import to_table
 from tasks.assemble.binarize import binarize, completion_score, normalize_question
+from tasks.assemble.config import PairSet, default_pairs
 from tasks.assemble.join import dataset_rows
 
 
@@ -19,54 +20,101 @@ def no_test(n):
     return 0
 
 
-def pairs_of(prompts, plan, score="fine_grained", seed=42, test_rows=no_test, **kw):
-    return binarize(rows_for(prompts, plan), score, seed, test_rows, **kw)
+class Result:
+    """Pair rows of one binarize call, by set and split, and its flat statistics."""
+
+    def __init__(self, out, stats):
+        self.out, self.stats = out, stats.as_dict()
+
+    def __getitem__(self, key):
+        name, split = key.split("/")
+        return self.out[name][split]
+
+
+def sets(score=None):
+    """The default pair sets, or all four ranked by one score."""
+    pairs = default_pairs()
+    if score:
+        pairs = {n: ps.model_copy(update={"score": score}) for n, ps in pairs.items()}
+    return pairs
+
+
+def pairs_of(prompts, plan, score=None, seed=42, test_rows=no_test, **kw):
+    return Result(*binarize(rows_for(prompts, plan), sets(score), seed, test_rows, **kw))
 
 
 def response_index(msgs):
-    # fixture responses read "Answer {j} by ..."
-    assert [m["role"] for m in msgs] == ["assistant"]
-    return int(msgs[0]["content"].split()[1])
+    # fixture responses read "Answer {j} by ..."; the assistant turn is the last message
+    assert msgs[-1]["role"] == "assistant"
+    return int(msgs[-1]["content"].split()[1])
 
 
-def test_h4_chosen_is_best_rejected_is_another_and_columns_are_trl_conversational():
+def test_h4_is_h4s_layout_chosen_best_overall_rejected_another():
+    prompts = evol_rows(1)
+    plan = [[{**{a: 5 for a in ASPECTS}, "critique": c} for c in (2, 9, 5, 1)]]
+    p = pairs_of(prompts, plan)
+    (row,) = p["h4/train_prefs"]
+    text = prompts[0]["instruction"]
+    assert response_index(row["chosen"]) == 1 and row["score_chosen"] == 9.0  # by overall_score, not the mean
+    assert response_index(row["rejected"]) in (0, 2, 3)
+    assert row["prompt"] == text and row["prompt_id"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert row["chosen"][0] == row["rejected"][0] == {"content": text, "role": "user"}
+    assert row["messages"] == row["chosen"]
+    assert p["h4/train_sft"] == p["h4/train_prefs"]
+    (gen,) = p["h4/train_gen"]
+    assert gen["messages"] == [{"content": text, "role": "user"}] and gen["chosen"] == row["chosen"]
+    to_table(p["h4/train_prefs"], "preferences_h4")  # validates under the explicit schema
+
+
+def test_trl_set_is_the_explicit_prompt_conversational_layout():
     prompts = evol_rows(1)
     p = pairs_of(prompts, [full([2, 5, 3, 1])])
-    (row,) = p.h4_train
-    assert response_index(row["chosen"]) == 1 and row["score_chosen"] == 5.0
-    assert response_index(row["rejected"]) in (0, 2, 3)
-    assert row["prompt"] == [{"role": "user", "content": prompts[0]["instruction"]}]
-    assert row["prompt_id"] == hashlib.sha256(prompts[0]["instruction"].encode("utf-8")).hexdigest()
+    (row,) = p["trl/train"]
+    assert response_index(row["chosen"]) == 1 and row["score_chosen"] == 5.0  # by the mean aspect rating
+    assert row["prompt"] == [{"content": prompts[0]["instruction"], "role": "user"}]
+    assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
     assert row["messages"] == row["prompt"] + row["chosen"]
-    assert set(row) == {"prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"}
-    to_table(p.h4_train, "preferences_h4")  # validates under the explicit schema
+    to_table(p["trl/train"], "preferences_trl")
 
 
-def test_ties_h4_keeps_equal_scores_argilla_drops_them():
-    p = pairs_of(evol_rows(2), [full([4, 4, 4, 4]), full([3, 5, 5, 1])])
-    assert p.stats.h4_pairs == 2
-    tie = next(r for r in p.h4_train if r["score_chosen"] == 4.0)
-    assert tie["score_rejected"] == 4.0 and p.stats.h4_ties >= 1
+def test_h4_takes_the_first_of_tied_best_and_keeps_ties_argilla_drops_them():
+    p = pairs_of(evol_rows(2), [full([4, 4, 4, 4]), full([3, 5, 5, 1])], score="fine_grained")
+    assert p.stats["h4.pairs"] == 2
+    tie = next(r for r in p["h4/train_prefs"] if r["score_chosen"] == 4.0)
+    assert response_index(tie["chosen"]) == 0 and tie["score_rejected"] == 4.0 and p.stats["h4.ties"] >= 1
+    other = next(r for r in p["h4/train_prefs"] if r["score_chosen"] == 5.0)
+    assert response_index(other["chosen"]) == 1  # first of the two 5s
     # all-equal prompt: no Argilla pair; the other prompt's top tie (5, 5) never pairs 5 vs 5
-    assert p.stats.argilla_ties_dropped == 1
-    (arg,) = p.argilla
+    assert p.stats["argilla.prompts_without_pair"] == 1
+    (arg,) = p["argilla/train"]
     assert arg["chosen-rating"] == 5.0 and arg["rejected-rating"] < 5.0
-    assert arg["chosen-model"] in ("vicuna-33b", "mpt-30b-chat")
-    to_table(p.argilla, "preferences_argilla")
+    assert arg["chosen-model"] == "vicuna-33b" and arg["prompt"] == evol_rows(2)[1]["instruction"]
+    assert [m["role"] for m in arg["chosen"]] == ["user", "assistant"]
+    to_table(p["argilla/train"], "preferences_argilla")
+
+
+def test_argilla_ranks_by_mean_aspect_rating_h4_by_overall_in_one_run():
+    plan = [[{**{a: 5 for a in ASPECTS}, "critique": 2}, {**{a: 1 for a in ASPECTS}, "critique": 9}]]
+    p = pairs_of(evol_rows(1), plan)
+    (h4,) = p["h4/train_prefs"]
+    (arg,) = p["argilla/train"]
+    assert (h4["score_chosen"], h4["score_rejected"]) == (9.0, 2.0)
+    assert (arg["chosen-rating"], arg["rejected-rating"]) == (5.0, 1.0)
+    assert response_index(h4["chosen"]) == 1 and response_index(arg["chosen"]) == 0
 
 
 def test_all_pairs_are_every_strictly_better_worse_combination():
     p = pairs_of(evol_rows(1), [full([4, 4, 2, 1])])
-    got = sorted((response_index(r["chosen"]), response_index(r["rejected"])) for r in p.all_train)
+    got = sorted((response_index(r["chosen"]), response_index(r["rejected"])) for r in p["all_pairs/train"])
     assert got == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # the 4-vs-4 tie is not a pair
-    assert all(r["score_chosen"] > r["score_rejected"] for r in p.all_train)
-    assert p.stats.all_pairs == 5
+    assert all(r["score_chosen"] > r["score_rejected"] for r in p["all_pairs/train"])
+    assert p.stats["all_pairs.pairs"] == 5
 
 
 def test_single_completion_and_no_completion_give_no_pair():
     p = pairs_of(evol_rows(3), [full([5]), [], full([3, 2])])
-    assert p.stats.h4_pairs == 1 and p.stats.prompts_with_fewer_than_two == 2
-    assert len(p.argilla) == 1
+    assert p.stats["h4.pairs"] == 1 and p.stats["h4.prompts_with_fewer_than_two"] == 2
+    assert len(p["argilla/train"]) == 1
 
 
 def test_na_and_null_ratings_leave_completions_out_of_pairs_with_counts():
@@ -76,22 +124,22 @@ def test_na_and_null_ratings_leave_completions_out_of_pairs_with_counts():
         {"instruction_following": 2, "honesty": 2, "truthfulness": 2, "helpfulness": 2},  # critique missing
         {"response": None},
     ]]
-    fine = pairs_of(evol_rows(1), plan, score="fine_grained")
-    assert fine.stats.completions_without_score == 1  # the unparsed honesty
-    assert fine.stats.completions_without_response == 1
-    (row,) = fine.h4_train
+    p = pairs_of(evol_rows(1), plan)
+    assert p.stats["trl.completions_without_score"] == 1  # the unparsed honesty
+    assert p.stats["completions_without_response"] == 1
+    (row,) = p["trl/train"]
     assert row["score_chosen"] == 5.0 and row["score_rejected"] == 2.0  # N/A left out of the mean
-    overall = pairs_of(evol_rows(1), plan, score="overall")
-    assert overall.stats.completions_without_score == 2 and overall.stats.prompts_with_fewer_than_two == 1
+    assert p.stats["h4.completions_without_score"] == 2 and p.stats["h4.prompts_with_fewer_than_two"] == 1
     # One aspect: N/A honesty has no score under score=honesty.
     honesty = pairs_of(evol_rows(1), plan, score="honesty")
-    assert honesty.stats.completions_without_score == 2
-    assert honesty.stats.h4_pairs == 0
+    assert honesty.stats["h4.completions_without_score"] == 2 and honesty.stats["h4.pairs"] == 0
 
 
-def test_completion_score_rejects_unknown_setting():
-    with pytest.raises(ValueError, match="publish.score"):
+def test_completion_score_and_pair_set_reject_unknown_settings():
+    with pytest.raises(ValueError, match="publish.pairs"):
         completion_score({"overall_score": 1.0}, "vibes")
+    with pytest.raises(ValueError, match="unknown rule 'coin_flip'"):
+        PairSet(rule="coin_flip", score="overall", layout="h4")
 
 
 def test_truthfulqa_source_and_equal_questions_removed():
@@ -103,15 +151,15 @@ def test_truthfulqa_source_and_equal_questions_removed():
     prompts = tqa + [copied, other] + evol_rows(1)
     plan = [full([5, 1])] * len(prompts)
     p = pairs_of(prompts, plan, truthful_questions=set(truthfulqa_questions()))
-    assert p.stats.dropped_truthful_qa_source == 2
-    assert p.stats.dropped_truthful_qa_question == 2
-    assert [r["prompt"][0]["content"] for r in p.h4_train] == [prompts[-1]["instruction"]]
+    assert p.stats["dropped_truthful_qa_source"] == 2
+    assert p.stats["dropped_truthful_qa_question"] == 2
+    assert [r["prompt"] for r in p["h4/train_prefs"]] == [prompts[-1]["instruction"]]
     kept = pairs_of(prompts, plan, drop_truthful=False)
-    assert kept.stats.h4_pairs == len(prompts)
+    assert kept.stats["h4.pairs"] == len(prompts)
     # A source configured under another name but of format truthful_qa is dropped by name.
     renamed = [{**t, "source": "tqa_subset"} for t in tqa]
     q = pairs_of(renamed, [full([5, 1])] * 2, truthful_sources={"tqa_subset"})
-    assert q.stats.dropped_truthful_qa_source == 2 and q.stats.h4_pairs == 0
+    assert q.stats["dropped_truthful_qa_source"] == 2 and q.stats["h4.pairs"] == 0
 
 
 def test_normalize_question():
@@ -126,9 +174,9 @@ def test_seeds_reproducible_and_seed_changes_draws():
         rows = rows_for(prompts, plan)
         if order:
             rows = [rows[i] for i in order]
-        p = binarize(rows, "fine_grained", seed, lambda n: 6)
-        rej = {r["prompt_id"]: response_index(r["rejected"]) for r in p.h4_train + p.h4_test}
-        return rej, sorted(r["prompt_id"] for r in p.h4_test)
+        p = Result(*binarize(rows, sets("fine_grained"), seed, lambda n: 6))
+        rej = {r["prompt_id"]: response_index(r["rejected"]) for r in p["h4/train_prefs"] + p["h4/test_prefs"]}
+        return rej, sorted(r["prompt_id"] for r in p["h4/test_prefs"])
 
     a, b = fingerprint(42), fingerprint(42)
     assert a == b
@@ -139,21 +187,27 @@ def test_seeds_reproducible_and_seed_changes_draws():
     assert len(a[1]) == 6
 
 
-def test_split_is_by_prompt_and_shared_with_all_pairs():
+def test_split_is_by_prompt_shared_by_every_set_and_h4_halves_its_test_split():
     prompts = evol_rows(20)
     p = pairs_of(prompts, [full([5, 4, 2])] * 20, test_rows=lambda n: 5)
-    test_ids = {r["prompt_id"] for r in p.h4_test}
-    assert len(test_ids) == 5 and p.stats.h4_train == 15
-    assert {r["prompt_id"] for r in p.all_test} == test_ids
-    assert not test_ids & {r["prompt_id"] for r in p.all_train}
-    assert len(p.all_train) == 15 * 3 and len(p.all_test) == 5 * 3
+    test_ids = {r["prompt_id"] for r in p["h4/test_prefs"]}
+    assert len(test_ids) == 5 and p.stats["h4.rows_train_prefs"] == 15
+    assert {r["prompt_id"] for r in p["all_pairs/test"]} == test_ids == {r["prompt_id"] for r in p["trl/test"]}
+    assert not test_ids & {r["prompt_id"] for r in p["all_pairs/train"]}
+    assert len(p["all_pairs/train"]) == 15 * 3 and len(p["all_pairs/test"]) == 5 * 3
+    sft, gen = p["h4/test_sft"], p["h4/test_gen"]
+    assert (len(sft), len(gen)) == (2, 3)  # H4: the test part halved
+    assert [r["prompt_id"] for r in sft + gen] == [r["prompt_id"] for r in p["h4/test_prefs"]]
+    assert sft == p["h4/test_prefs"][:2] and all(r["messages"] == r["chosen"][:1] for r in gen)
+    assert len(p["argilla/train"]) == 20  # Argilla's release has only a train split
 
 
-@pytest.mark.parametrize("score,expected", [("overall", (9.0, 2.0)), ("helpfulness", (5.0, 1.0))])
-def test_score_setting_changes_ranking(score, expected):
-    plan = [[
-        {**{a: 5 for a in ASPECTS}, "critique": 2},
-        {**{a: 1 for a in ASPECTS}, "critique": 9},
-    ]]
-    (row,) = pairs_of(evol_rows(1), plan, score=score).h4_train
-    assert (row["score_chosen"], row["score_rejected"]) == expected
+def test_legacy_publish_keys_map_onto_pair_sets():
+    from tasks.assemble.config import PublishConfig
+
+    cfg = PublishConfig.model_validate({"score": "helpfulness", "all_pairs": False})
+    assert sorted(cfg.pairs) == ["argilla", "h4", "trl"]
+    assert cfg.pairs["trl"].score == cfg.pairs["argilla"].score == "helpfulness"
+    assert cfg.pairs["h4"].score == "overall"
+    with pytest.raises(ValueError, match="pairs.x.score"):
+        PublishConfig.model_validate({"pairs": {"x": {"rule": "all_pairs", "score": "vibes", "layout": "trl"}}})

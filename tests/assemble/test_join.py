@@ -27,8 +27,9 @@ def test_dataset_row_matches_original_layout():
     first = row["completions"][0]
     ann = first["annotations"]
     assert ann["honesty"]["Rating"] == "N/A"
-    assert ann["instruction_following"] == {"Rating": "5", "Rationale": "instruction_following rationale for completion 0",
-                                             "Type": None, "Rationale For Rating": None}
+    # openbmb: Type and "Rationale For Rating" exist only for truthfulness and helpfulness.
+    assert ann["instruction_following"] == {"Rating": "5", "Rationale": "instruction_following rationale for completion 0"}
+    assert set(ann["honesty"]) == {"Rating", "Rationale"}
     assert ann["truthfulness"]["Type"] == ["1"] and ann["truthfulness"]["Rationale For Rating"] == "why 4"
     assert first["overall_score"] == 8.0
     assert first["critique"] == "critique rationale for completion 0"
@@ -53,9 +54,30 @@ def test_missing_and_unparsed_ratings_stay_as_nulls():
     assert c0["fine-grained_score"] is None and c0["overall_score"] is None
     assert c1["annotations"]["truthfulness"] == {"Rating": None, "Rationale": None, "Type": None,
                                                  "Rationale For Rating": None}
+    assert "prompt_id" not in row  # openbmb's layout has no id column: it is in dataset_ids
     assert c1["fine-grained_score"] is None and c1["critique"] is None
     assert c2["response"] is None and c2["fine-grained_score"] is None
     assert len(row["completions"]) == 3  # nothing is dropped from the full dataset
+
+
+def test_no_type_is_written_as_openbmb_writes_it_and_flan_reference_is_a_correct_answer():
+    from tasks.assemble.join import ids_from, join
+
+    flan = [{"source": "flan", "source_format": "flan", "instruction": "Is the sky green? Think step by step.",
+             "correct_answers": [], "incorrect_answers": []}]
+    ins, comps, rates = build(flan, [full([4])])
+    ins = ins.set_column(ins.schema.get_field_index("reference_answer"), "reference_answer",
+                         pa.array(["The sky is blue.\nSo the answer is no."]))
+    rates = pa.Table.from_pylist([{**r, "types": [] if r["aspect"] == "helpfulness" else r["types"]}
+                                  for r in rates.to_pylist()], schema=rates.schema)
+    row = dataset_table(ins, comps, rates).to_pylist()[0]
+    assert row["correct_answers"] == ["The sky is blue.\nSo the answer is no."]
+    assert row["incorrect_answers"] == ["None"]
+    ann = row["completions"][0]["annotations"]
+    assert ann["helpfulness"]["Type"] == ["None"] and ann["truthfulness"]["Type"] == ["1"]
+    ids = ids_from(join(ins, comps, rates)).to_pylist()[0]
+    assert ids["prompt_id"] == ins["prompt_id"][0].as_py() and ids["completion_request_ids"] == [
+        comps["request_id"][0].as_py()]
 
 
 def test_instruction_without_completions_is_kept():

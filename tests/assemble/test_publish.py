@@ -12,7 +12,7 @@ from tasks.assemble.config import PublishConfig
 from tasks.assemble.publish import publish, truthfulqa_questions as read_questions
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "sources"
-CONFIG = {"name": "assemble-test", "seed": 42, "publish": {"score": "fine_grained"}}
+CONFIG = {"name": "assemble-test", "seed": 42, "publish": PublishConfig().model_dump()}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,8 @@ def test_layout(published):
     for path in ["README.md", "report/report.md", "report/leaderboard.png", "report/rating_distribution.png",
                  "report/correlation.png", "report/parse_failures.png", "report/cost.png",
                  "preferences/h4/train_prefs-00000-of-00001.parquet", "preferences/h4/test_prefs-00000-of-00001.parquet",
+                 "preferences/h4/test_gen-00000-of-00001.parquet", "preferences/trl/train-00000-of-00001.parquet",
+                 "dataset_ids/train-00000-of-00002.parquet",
                  "preferences/argilla/train-00000-of-00001.parquet", "preferences/all_pairs/test-00000-of-00001.parquet"]:
         assert path in rel and (out / path).exists(), path
     assert not list(out.rglob("*.tmp-*")), "temporary files left behind"
@@ -52,20 +54,22 @@ def test_everything_loads_with_datasets(published, tmp_path):
     comp = full[0]["completions"][0]
     assert set(comp["annotations"]) == {"instruction_following", "honesty", "truthfulness", "helpfulness"}
     assert isinstance(comp["annotations"]["helpfulness"]["Rating"], (str, type(None)))
+    ids = _load(out, {"train": "dataset_ids/*.parquet"}, tmp_path)["train"]
+    assert ids.num_rows == 45 and [len(c) for c in ids["completion_indexes"]] == [len(c) for c in full["completions"]]
     long = _load(out, {"train": "dataset_long/*.parquet"}, tmp_path)["train"]
     assert long.num_rows == result.stats.totals["completions"] * 5
     h4 = _load(out, {"train_prefs": "preferences/h4/train_prefs-*.parquet",
                      "test_prefs": "preferences/h4/test_prefs-*.parquet"}, tmp_path)
     ps = result.pair_stats
-    assert (h4["train_prefs"].num_rows, h4["test_prefs"].num_rows) == (ps["h4_train"], ps["h4_test"])
-    assert ps["h4_test"] == 5 and ps["dropped_truthful_qa_source"] == 10
+    assert (h4["train_prefs"].num_rows, h4["test_prefs"].num_rows) == (ps["h4.rows_train_prefs"], ps["h4.rows_test_prefs"])
+    assert ps["h4.rows_test_prefs"] == 5 and ps["dropped_truthful_qa_source"] == 10
     argilla = _load(out, {"train": "preferences/argilla/*.parquet"}, tmp_path)["train"]
-    assert argilla.num_rows == ps["argilla_pairs"] > 0
-    assert argilla.column_names == ["source", "prompt", "prompt_id", "chosen", "chosen-rating", "chosen-model",
+    assert argilla.num_rows == ps["argilla.pairs"] > 0
+    assert argilla.column_names == ["source", "prompt", "chosen", "chosen-rating", "chosen-model",
                                     "rejected", "rejected-rating", "rejected-model"]
     allp = _load(out, {"train": "preferences/all_pairs/train-*.parquet", "test": "preferences/all_pairs/test-*.parquet"},
                  tmp_path)
-    assert allp["train"].num_rows + allp["test"].num_rows == ps["all_pairs"]
+    assert allp["train"].num_rows + allp["test"].num_rows == ps["all_pairs.pairs"]
 
 
 def _is_message_list(value, roles):
@@ -74,8 +78,7 @@ def _is_message_list(value, roles):
 
 
 @pytest.mark.parametrize("files", [
-    {"train_prefs": "preferences/h4/train_prefs-*.parquet"},
-    {"train": "preferences/argilla/train-*.parquet"},
+    {"train": "preferences/trl/train-*.parquet"},
     {"train": "preferences/all_pairs/train-*.parquet"},
 ])
 def test_pairs_are_in_trls_conversational_preference_format(published, tmp_path, files):
@@ -103,13 +106,14 @@ def test_card_configs_and_loading_snippet_load(published, tmp_path):
     out, _ = published
     card = (out / "README.md").read_text(encoding="utf-8")
     meta = yaml.safe_load(card.split("---\n")[1])
-    assert [c["config_name"] for c in meta["configs"]] == ["default", "ratings_long", "h4", "argilla", "all_pairs"]
+    assert [c["config_name"] for c in meta["configs"]] == ["default", "dataset_ids", "ratings_long", "h4", "argilla",
+                                                           "trl", "all_pairs"]
     for config in meta["configs"]:
         files = {d["split"]: str(out / d["path"]) for d in config["data_files"]}
         ds = load_dataset("parquet", data_files=files, cache_dir=str(tmp_path))
         assert set(ds) == set(files) and all(ds[s].num_rows > 0 for s in ds)
     assert 'h4 = load_dataset("parquet", data_files={"train_prefs": "preferences/h4/train_prefs-*.parquet", ' \
-           '"test_prefs": "preferences/h4/test_prefs-*.parquet"})' in card
+           '"test_prefs": "preferences/h4/test_prefs-*.parquet", ' in card
 
 
 def test_card_has_the_required_sections(published):
@@ -118,12 +122,17 @@ def test_card_has_the_required_sections(published):
     assert card.startswith("---\nlicense: other\n")
     assert "config_name: h4" in card and "path: preferences/h4/train_prefs-*.parquet" in card
     for heading in ["## Sources and licences", "## Models", "## Principles", "## Ratings", "### Parse failures",
-                    "## Cost", "## Preference pairs", "## Schema", "## Run configuration"]:
+                    "## Cost", "## Preference pairs", "## What the openbmb layout leaves out", "## Schema",
+                    "## Run configuration"]:
         assert heading in card, heading
     assert "CC BY-NC 4.0" in card and "Apache-2.0 (sylinrl/TruthfulQA)" in card and "MIT (thunlp/UltraChat)" in card
     assert "name: assemble-test" in card  # the run config
     assert "| truthful_qa | truthful_qa | 10 |" in card  # counts per source
     assert "`gpt-4`" in card  # the judge
+    # Which score orders which set.
+    pairs = card.split("## Preference pairs", 1)[1]
+    assert "| `h4` | `overall_score`, the critique's 1-10 |" in pairs
+    assert "| `argilla` | `fine-grained_score`, the mean of the aspect ratings" in pairs
 
 
 def test_report_embeds_existing_plots(published):
@@ -147,7 +156,9 @@ def test_rerun_with_fewer_rows_removes_stale_parts(tmp_path):
     publish(ins, comps, rates, output=str(tmp_path), config=CONFIG, publish_cfg=cfg, seed=1)
     assert len(list((tmp_path / "dataset").glob("*.parquet"))) == 3
     publish(ins, comps, rates, output=str(tmp_path), config=CONFIG,
-            publish_cfg=PublishConfig(test_size=2, shard_rows=100, all_pairs=False, plots=False), seed=1)
+            publish_cfg=PublishConfig(test_size=2, shard_rows=100, plots=False,
+                                      pairs={k: v for k, v in PublishConfig().pairs.items() if k != "all_pairs"}),
+            seed=1)
     assert [p.name for p in (tmp_path / "dataset").glob("*.parquet")] == ["train-00000-of-00001.parquet"]
     assert not list((tmp_path / "preferences" / "all_pairs").glob("*.parquet"))
 
@@ -161,7 +172,7 @@ def test_publish_to_an_fsspec_url():
     fs = fsspec.filesystem("memory")
     assert fs.exists("/assemble-test/run/README.md")
     assert fs.exists("/assemble-test/run/preferences/h4/test_prefs-00000-of-00001.parquet")
-    assert result.pair_stats["h4_test"] == 1  # 20% of 6 prompts, rounded down
+    assert result.pair_stats["h4.rows_test_prefs"] == 1  # 20% of 6 prompts, rounded down
 
 
 def test_truthfulqa_questions_file(tmp_path):
@@ -181,7 +192,7 @@ def test_run_without_completions_still_publishes_loadable_files(tmp_path):
     empty_c, empty_r = SCHEMAS["completions"].empty_table(), SCHEMAS["ratings"].empty_table()
     result = publish(ins, empty_c, empty_r, output=str(tmp_path), config=CONFIG, publish_cfg=PublishConfig(), seed=1,
                      notes=["this run is incomplete: 1 generate shard(s) are not finished"])
-    assert result.pair_stats["h4_pairs"] == 0 and result.pair_stats["prompts_with_fewer_than_two"] == 4
+    assert result.pair_stats["h4.pairs"] == 0 and result.pair_stats["h4.prompts_with_fewer_than_two"] == 4
     full = load_dataset("parquet", data_files=str(tmp_path / "dataset/*.parquet"), cache_dir=str(tmp_path / "c"))
     assert full["train"].num_rows == 4 and full["train"][0]["completions"] == []
     # `datasets` cannot load an empty Parquet split, so empty splits get no file and the card

@@ -21,7 +21,8 @@ from storage.keys import prompt_id, stable_hash
 from storage.schemas import to_table
 from storage.shards import table_hash
 from tasks.assemble import frames
-from tasks.assemble.binarize import PairStats, binarize, choose, drop_truthful_qa
+from tasks.assemble.binarize import PairStats, binarize, choose, drop_truthful_qa_all
+from tasks.assemble.config import default_pairs
 from tasks.assemble.join import (LONG_ASPECTS, dataset_rows, fine_grained_score, join, long_table, rating_string)
 from tasks.rating.prompts import request_id
 from tasks.rating.protocol import ASPECTS, CRITIQUE
@@ -62,7 +63,7 @@ COMPLETION = st.fixed_dictionaries({
     "model": st.sampled_from(["m1", "m2", "m3"]),
 })
 PROMPT = st.fixed_dictionaries({
-    "source": st.sampled_from(["evol_instruct", "truthful_qa", "sharegpt"]),
+    "source": st.sampled_from(["evol_instruct", "truthful_qa", "sharegpt", "flan"]),
     "completions": st.lists(COMPLETION, max_size=4),
     "answers": st.lists(st.text(max_size=5), max_size=2),
 })
@@ -75,7 +76,8 @@ def build(prompts: list[dict], seed: int):
         text = f"Question {i}?"
         pid = prompt_id(text)
         ins.append({"prompt_id": pid, "source": p["source"], "source_format": p["source"], "instruction": text,
-                    "correct_answers": p["answers"], "incorrect_answers": [], "reference_answer": None,
+                    "correct_answers": p["answers"], "incorrect_answers": [],
+                    "reference_answer": f"Reference {i}." if p["source"] == "flan" else None,
                     "false_premise": None, "task": None, "source_file": "f", "source_row": i})
         indexes = rng.sample(range(8), len(p["completions"]))
         for idx, c in zip(indexes, p["completions"]):
@@ -91,7 +93,8 @@ def build(prompts: list[dict], seed: int):
                 rates.append({
                     "prompt_id": pid, "completion_index": idx, "model": c["model"], "aspect": aspect,
                     "rating": rating, "rating_na": value == "N/A" and not critique,
-                    "types": ["1"] if aspect in ("truthfulness", "helpfulness") and rating else None,
+                    "types": ([] if rating == 5 else ["1"]) if aspect in ("truthfulness", "helpfulness") and rating
+                    else None,
                     "rationale": f"why {aspect}", "rationale_for_rating": "because", "raw_text": "raw",
                     "parse_status": "unparsed" if value is None else ("na" if value == "N/A" else "ok"),
                     "parse_reason": "no rating line" if value is None else None, "permutation": [0, 1],
@@ -114,20 +117,24 @@ def reference_dataset(ins: pa.Table, comps: pa.Table, rates: pa.Table) -> list[d
         for c in sorted(by_pid.get(row["prompt_id"], []), key=lambda c: c["completion_index"]):
             mine = {a: rated.get((row["prompt_id"], c["completion_index"], a)) for a in LONG_ASPECTS}
             ann = {}
-            for a in ASPECTS:
-                r, typed = mine[a], a in ("truthfulness", "helpfulness")
-                ann[a] = {"Rating": rating_string(r), "Rationale": r["rationale"] if r else None,
-                          "Type": r["types"] if r and typed else None,
-                          "Rationale For Rating": r["rationale_for_rating"] if r and typed else None}
+            for a in sorted(ASPECTS):
+                r = mine[a]
+                ann[a] = {"Rating": rating_string(r), "Rationale": r["rationale"] if r else None}
+                if a in ("truthfulness", "helpfulness"):  # openbmb: only these two carry types
+                    types = r["types"] if r else None
+                    ann[a].update({"Rationale For Rating": r["rationale_for_rating"] if r else None,
+                                   "Type": ["None"] if types == [] else types})
             crit = mine[CRITIQUE]
-            entries.append({"model": c["model"], "principle": c["principle"], "custom_system_prompt": c["system_prompt"],
-                            "response": c["response"], "annotations": ann,
-                            "critique": crit["rationale"] if crit else None,
-                            "overall_score": crit["rating"] if crit else None,
-                            "fine-grained_score": fine_grained_score({a: v for a, v in mine.items() if v})})
-        out.append({"source": row["source"], "prompt_id": row["prompt_id"], "instruction": row["instruction"],
-                    "models": [e["model"] for e in entries], "correct_answers": row["correct_answers"] or ["None"],
-                    "incorrect_answers": row["incorrect_answers"] or ["None"], "completions": entries})
+            entries.append({"annotations": ann, "critique": crit["rationale"] if crit else None,
+                            "custom_system_prompt": c["system_prompt"],
+                            "fine-grained_score": fine_grained_score({a: v for a, v in mine.items() if v}),
+                            "model": c["model"], "overall_score": crit["rating"] if crit else None,
+                            "principle": c["principle"], "response": c["response"]})
+        reference = [row["reference_answer"]] if row["source_format"] == "flan" and row["reference_answer"] else None
+        out.append({"source": row["source"], "instruction": row["instruction"],
+                    "models": [e["model"] for e in entries], "completions": entries,
+                    "correct_answers": row["correct_answers"] or reference or ["None"],
+                    "incorrect_answers": row["incorrect_answers"] or ["None"]})
     return out
 
 
@@ -167,15 +174,17 @@ def test_columnar_assemble_equals_the_per_row_rules(prompts, seed):
 def test_columnar_pairs_equal_binarize_rows(prompts, seed, score):
     ins, comps, rates = build(prompts, seed)
     questions = {"Question 1?"}
-    want = binarize(dataset_rows(ins, comps, rates), score, seed, lambda n: n // 3,
-                    truthful_sources={"truthful_qa"}, truthful_questions=questions)
+    sets = {n: ps.model_copy(update={"score": score}) if n != "h4" else ps for n, ps in default_pairs().items()}
+    want, want_stats = binarize(dataset_rows(ins, comps, rates), sets, seed, lambda n: n // 3,
+                                truthful_sources={"truthful_qa"}, truthful_questions=questions)
     j = join(ins, comps, rates)
     stats = PairStats()
-    picked = frames.prompts(j, frames.completion_frame(j), score, stats)
-    got = choose(drop_truthful_qa(picked, {"truthful_qa"}, questions, stats), seed, lambda n: n // 3, stats)
-    assert got.stats == want.stats
-    for name, table in (("h4_train", "preferences_h4"), ("h4_test", "preferences_h4"),
-                        ("all_train", "preferences_h4"), ("all_test", "preferences_h4")):
-        built = frames.h4_table(j, getattr(got, name))
-        assert built.to_pylist() == getattr(want, name), name
-    assert frames.argilla_table(j, got.argilla).to_pylist() == want.argilla
+    scores = sorted({ps.score for ps in sets.values()})
+    by_score = frames.prompts_by_score(j, frames.completion_frame(j), scores, stats)
+    by_score = drop_truthful_qa_all(by_score, {"truthful_qa"}, questions, stats)
+    got = choose(by_score, sets, seed, lambda n: n // 3, stats)
+    assert got.stats == want_stats
+    for name, splits in got.sets.items():
+        for split, picks in splits.items():
+            built = frames.pair_table(j, picks, sets[name].layout, split)
+            assert built.to_pylist() == want[name][split], (name, split)

@@ -27,7 +27,29 @@ def test_critique_prompt_matches_golden(mode):
     check_golden(f"prompt_critique_{mode}.txt", user)
     assert find_aspect(user) == "critique"
     assert find_response(user) == ANSWERS[1][0]
-    assert "Be honest and say when you are unsure." in user  # the completion's system prompt is the note
+    # As in the original, the completion's system prompt is appended to the instruction as a note.
+    instruction_block = user.split("<instruction>\n", 1)[1].split("\n</instruction>", 1)[0]
+    assert instruction_block == QUESTIONS[1]["instruction"] + "\n\nNote: Be honest and say when you are unsure."
+
+
+def test_critique_without_guidance_has_no_note():
+    user = prompts.critique_user_message("Name a prime.", "7", "", "text")
+    assert "<instruction>\nName a prime.\n</instruction>" in user and "Note:" not in user
+
+
+def test_rubrics_keep_the_originals_rules():
+    """The clauses the original's rubrics state, checked by meaning-bearing phrases."""
+    from tasks.rating import rubrics
+
+    honesty = rubrics.RUBRICS["honesty"]
+    assert "none of these signs is to be read as confident" in honesty  # no hedging means confident
+    three = honesty.split("\n3. ", 1)[1].split("\n4. ", 1)[0]
+    assert "unconfident and has significant mistakes" in three and "minor" in three and "I don't know" in three
+    four = honesty.split("\n4. ", 1)[1].split("\n5. ", 1)[0]
+    five = honesty.split("\n5. ", 1)[1].split("\nN/A", 1)[0]
+    # 4: doubt signalled without saying where; 5: mistakes named precisely with stated uncertainty.
+    assert "without saying" in four and "names them precisely" in five
+    assert "independently" in rubrics.SYSTEM and "each one on its own" in rubrics.SYSTEM
 
 
 def test_reask_note_matches_golden():
