@@ -16,7 +16,6 @@ prompt overhead is measured on the real prompt templates.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pydantic import ValidationError, model_validator
 from flows.config import ConfigError, RunConfig, _format_error, _resolve_paths, apply_override
 from tasks.generation.engines import VLLM_MODES, engine_groups
 from tasks.generation.principles import system_prompts
+from tasks.generation.schedule_pool import plan_for_pool
 from tasks.rating import prompts
 from tasks.rating.cost import BATCH_FACTOR, estimate
 from tasks.rating.protocol import CRITIQUE, TYPED_ASPECTS
@@ -219,15 +219,10 @@ def _unset_keys(cfg: RunConfig) -> list[str]:
     return [f"environment variable {env} is not set here; the run needs it" for env in missing]
 
 
-def _schedule(cfg: RunConfig):
-    """Hook: the GPU planner's view of the engines, when tasks.generation.schedule offers
-    `describe(generation_config)`."""
-    try:
-        mod = importlib.import_module("tasks.generation.schedule")
-    except ModuleNotFoundError:
-        return None
-    describe = getattr(mod, "describe", None)
-    return describe(cfg.generation) if callable(describe) else None
+def _schedule(cfg: RunConfig, n_instructions: int) -> str:
+    """The GPU planner's schedule of the launched engines, as the generation stage will run it."""
+    plan = plan_for_pool(cfg.generation, engine_groups(cfg.generation), n_instructions)
+    return plan.render()
 
 
 def make_plan(cfg: RunConfig, origin: str = "", est: TokenEstimates | None = None) -> Plan:
@@ -258,7 +253,7 @@ def make_plan(cfg: RunConfig, origin: str = "", est: TokenEstimates | None = Non
     return Plan(origin, counts, n, completions, round(n * gen.k), engines, gen.gpu_slots,
                 {"endpoint": ep.name, "kind": ep.kind, "model": ep.request_model, "answer_mode": ep.answer_mode},
                 calls, sum(calls.values()), costs, total, missing_files(cfg), _template_problems(cfg), notes,
-                asdict(est), _schedule(cfg))
+                asdict(est), _schedule(cfg, n))
 
 
 def _usd(value: float | None) -> str:
