@@ -118,3 +118,12 @@ def test_unset_api_key_is_a_note_not_an_error(monkeypatch):
     assert "environment variable OPENAI_API_KEY is not set here; the run needs it" in p.notes and p.errors == []
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
     assert not any("OPENAI_API_KEY" in n for n in make_plan(load_plan_config(str(FULL))).notes)
+
+
+def test_full_config_shows_its_gpu_schedule(full_plan):
+    sched = full_plan.schedule
+    assert sched.startswith("generation schedule: 8 GPU(s)")
+    rows = {line.split()[0]: line.split() for line in sched.splitlines()[2:]}
+    assert rows["llama-2-70b-chat"][2] in {"0-3", "4-7"}  # tensor-parallel 4 takes four GPUs of the node
+    assert rows["gpt-4"][1] == "-"  # a hosted model takes no GPU
+    assert "GPU schedule:" in format_plan(full_plan)
