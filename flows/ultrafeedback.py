@@ -59,6 +59,8 @@ def run_stages(cfg: RunConfig, stages: list[str]) -> dict:
         result = _runner(stage)(cfg, store, results)
         results[stage] = result
         summary["stages"][stage] = result.summary
+        if stage == "rate":  # the judge audit belongs to the rate stage's side (off unless audit.enabled)
+            summary["stages"].update(importlib.import_module("flows.stage_audit").run_audit(cfg, store, results))
     previous = (store.read_manifest() or {}).get("summary", {}).get("stages", {})
     summary["stages"] = {**previous, **summary["stages"]}
     manifest = store.write_manifest({"summary": summary, "config": cfg.model_dump(mode="json")})

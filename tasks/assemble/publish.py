@@ -108,7 +108,7 @@ def write_parts_built(root: str, folder: str, prefix: str, total: int, build: Ca
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
             truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None,
-            notes: list[str] | None = None) -> PublishResult:
+            notes: list[str] | None = None, audit: str | None = None) -> PublishResult:
     root = output.rstrip("/")
     n = publish_cfg.shard_rows
     joined = join(instructions, completions, ratings)
@@ -160,7 +160,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     write_text(f"{root}/report/report.md", report_md)
     judges = sorted(j for j in pc.unique(long["judge_model"]).to_pylist() if j)
     card = render_card(config, stats, pair_stats, judges, position_bias, files=[f.path for f in files],
-                       notes=notes)
+                       notes=notes, audit=audit)
     write_text(f"{root}/README.md", card)
     files += [OutputFile("report/report.md", "markdown", 0), OutputFile("README.md", "markdown", 0)]
     # The UI cannot show the PNGs, so the artifact carries the tables and says where the plots are.

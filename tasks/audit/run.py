@@ -66,8 +66,6 @@ def figures(rows: pa.Table, audit: AuditConfig, self_name: str | None, seed: int
 
 def cost_lines(rows: pa.Table) -> list[dict]:
     """Tokens and money of the requests the audit itself sent (stage "audit")."""
-    df = rows.to_pandas()
-    asked = df[df["origin"] == "audit"]
-    return summarize(asked[["judge_model", "prompt_tokens", "completion_tokens", "cost_usd", "request_id"]]
-                     .astype(object).where(asked.notna(), None).to_dict(orient="records"), "audit",
-                     model_key="judge_model")
+    cols = ["judge_model", "prompt_tokens", "completion_tokens", "cost_usd", "request_id", "origin"]
+    asked = [r for r in rows.select(cols).to_pylist() if r["origin"] == "audit"]
+    return summarize(asked, "audit", model_key="judge_model")

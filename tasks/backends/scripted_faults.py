@@ -14,7 +14,7 @@ ratings follow one rule per judge:
 - random:         uniform 1..5 from a hash of the whole request: no relation to the texts.
 base stays inside 2..4 so a +1 or -1 fault is never cut off by the scale. Critique calls
 are answered as by the plain scripted judge. Options come from a judge endpoint's
-`script` mapping: {fault: ..., bonus: 1, marker: "[name]", chars_per_point: 80}.
+`script` mapping: {fault: <rule or list of rules>, bonus: 1, marker: "[name]", chars_per_point: 80}.
 """
 from __future__ import annotations
 
@@ -59,13 +59,16 @@ def _oracle() -> tuple[dict, dict]:
 class FaultyJudge:
     """Backend answering aspect calls by one planted rule (see the module docstring)."""
 
-    def __init__(self, fault: str = "fair", bonus: int = 1, marker: str | None = None, chars_per_point: int = 80,
-                 name: str = "scripted-faulty"):
-        if fault not in FAULTS:
-            raise ValueError(f"script.fault: {fault!r} is not one of {FAULTS}")
-        if fault == "self" and not marker:
+    def __init__(self, fault: str | list[str] = "fair", bonus: int = 1, marker: str | None = None,
+                 chars_per_point: int = 80, name: str = "scripted-faulty"):
+        faults = [fault] if isinstance(fault, str) else list(fault)
+        bad = [f for f in faults if f not in FAULTS]
+        if bad or not faults:
+            raise ValueError(f"script.fault: {bad or faults!r} not among {FAULTS}")
+        if "self" in faults and not marker:
             raise ValueError("script.marker: required for fault self")
-        self.fault, self.bonus, self.marker, self.chars_per_point = fault, bonus, marker, chars_per_point
+        self.faults, self.bonus, self.marker, self.chars_per_point = faults, bonus, marker, chars_per_point
+        self.fault = "+".join(faults)
         self.name = name
         self.sent: list[str] = []
 
@@ -76,24 +79,27 @@ class FaultyJudge:
         return None
 
     def ratings(self, aspect: str, texts: list[str], user: str) -> list[int]:
-        f = self.fault
-        if f == "long":
-            return [1 + min(4, len(t) // self.chars_per_point) for t in texts]
-        if f == "random":
-            rng = random.Random(_h("random", user))
-            return [rng.randint(1, 5) for _ in texts]
-        base = [base_rating(aspect, t) for t in texts]
-        if f == "first_position":
-            return [b + (self.bonus if k == 0 else 0) for k, b in enumerate(base)]
-        if f == "self":
-            return [b + (self.bonus if self.marker in t else 0) for b, t in zip(base, texts)]
-        if f == "oracle":
-            point, pair = _oracle()
-            if len(texts) == 2 and tuple(texts) in pair:
-                winner = pair[tuple(texts)]
-                return [3, 3] if winner is None else [4 if t == winner else 2 for t in texts]
-            return [point.get((aspect, t), b) for t, b in zip(texts, base)]
-        return base
+        """The planted rules in order: long, random and oracle set the ratings, first_position
+        and self add their bonus on top (several faults combine; the scale then clips)."""
+        out = [base_rating(aspect, t) for t in texts]
+        for f in self.faults:
+            if f == "long":
+                out = [1 + min(4, len(t) // self.chars_per_point) for t in texts]
+            elif f == "random":
+                rng = random.Random(_h("random", user))
+                out = [rng.randint(1, 5) for _ in texts]
+            elif f == "oracle":
+                point, pair = _oracle()
+                if len(texts) == 2 and tuple(texts) in pair:
+                    winner = pair[tuple(texts)]
+                    out = [3, 3] if winner is None else [4 if t == winner else 2 for t in texts]
+                else:
+                    out = [point.get((aspect, t), b) for t, b in zip(texts, out)]
+            elif f == "first_position":
+                out = [b + (self.bonus if k == 0 else 0) for k, b in enumerate(out)]
+            elif f == "self":
+                out = [b + (self.bonus if self.marker in t else 0) for b, t in zip(out, texts)]
+        return out
 
     def answer(self, body: dict) -> str:
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
