@@ -151,6 +151,25 @@ PREFERENCES_ARGILLA = pa.schema(
     ]
 )
 
+# Pair sets made by tasks.assemble.pair_rules (tulu3, delta, on-policy), in the same TRL
+# conversational format; scores are null for a rule that asks no judge (delta), and
+# policy_side says which side the policy model's answer is on (null: no policy entry).
+PREFERENCES_RULES = pa.schema(
+    [
+        pa.field("prompt", pa.list_(_message), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen", pa.list_(_message), nullable=False),
+        pa.field("rejected", pa.list_(_message), nullable=False),
+        pa.field("messages", pa.list_(_message), nullable=False),
+        pa.field("score_chosen", pa.float64()),
+        pa.field("score_rejected", pa.float64()),
+        pa.field("chosen_model", pa.string(), nullable=False),
+        pa.field("rejected_model", pa.string(), nullable=False),
+        pa.field("rule", pa.string(), nullable=False),  # tulu3 | delta
+        pa.field("policy_side", pa.string()),  # chosen | rejected | null
+    ]
+)
+
 # Flat analysis table: one row per (completion, aspect), the critique as aspect "critique";
 # parse_status "missing" where the rating stage produced no row for the pair, "no_response"
 # where the completion failed to generate (and so was never rated).
@@ -241,6 +260,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "dataset": DATASET,
     "preferences_h4": PREFERENCES_H4,
     "preferences_argilla": PREFERENCES_ARGILLA,
+    "preferences_rules": PREFERENCES_RULES,
     "ratings_long": RATINGS_LONG,
     "outputs": OUTPUTS,
     "audit_ratings": AUDIT_RATINGS,

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from storage.schemas import SCHEMAS
 from storage.tables import remove_files, write_bytes, write_table_chunks, write_text
-from tasks.assemble import frames
+from tasks.assemble import frames, pair_rules
 from tasks.assemble.binarize import PairStats, choose, drop_truthful_qa
 from tasks.assemble.card import render_card
 from tasks.assemble.config import PublishConfig
@@ -149,8 +149,18 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     else:
         remove_files(f"{root}/preferences/all_pairs/*.parquet")
 
+    rule_counts = {}  # extra pair sets by rule (tasks.assemble.pair_rules)
+    policy = pair_rules.policy_of(config)
+    keep = (lambda ps: drop_truthful_qa(ps, set(truthful_sources), set(truthful_questions), PairStats())) \
+        if publish_cfg.drop_truthful_qa else (lambda ps: ps)
+    for rs, picks, counts in pair_rules.build_sets(joined, comps, publish_cfg.pair_rules, seed, policy, keep):
+        files += write_parts_built(root, f"preferences/{rs.name}", "train", len(picks),
+                                   lambda lo, hi, p=picks, r=rs: pair_rules.table(joined, p[lo:hi], r, policy),
+                                   "preferences_rules", n, CHUNK_ROWS)
+        rule_counts.update({f"{rs.name}_{k}": v for k, v in counts.items()})
+
     stats = run_stats(instructions, joined.comps, long, comps)
-    pair_stats = pairs.stats.as_dict()
+    pair_stats = {**pairs.stats.as_dict(), **rule_counts}
     plots = render_all(stats) if publish_cfg.plots else {}
     for name, png in plots.items():
         write_bytes(f"{root}/report/{name}", png)
