@@ -3,7 +3,8 @@
 Usage (TRL pulls in torch, so use an environment of its own, not the project's):
     python scripts/check_trl_dpo.py runs/demo
 
-Inputs: a run's output root. For each pair dataset (h4, argilla, all_pairs) it loads the
+Inputs: a run's output root. For each pair dataset (h4, argilla, all_pairs, and the sets
+of publish.pair_rules under preferences/<name>/) it loads the
 Parquet files with `datasets`, builds a word-level tokenizer with a chat template from the
 pairs' own text and a tiny randomly initialised Llama, and runs `trl.DPOTrainer` for two
 steps on CPU, then `trl.RewardTrainer` on a tiny sequence classifier. Nothing is
@@ -77,7 +78,11 @@ def main(argv: list[str]) -> int:
 
     print(f"trl {trl.__version__}")
     failures = 0
-    for name, pattern in SETS.items():
+    sets = dict(SETS)
+    # Sets made by publish.pair_rules (tulu3, delta, on-policy) live in preferences/<name>/.
+    for folder in sorted((root / "preferences").glob("*/")):
+        sets.setdefault(folder.name, f"preferences/{folder.name}/train-*.parquet")
+    for name, pattern in sets.items():
         try:
             print(f"{name}: {check(root, name, pattern)}")
         except Exception as exc:  # report every dataset, then fail

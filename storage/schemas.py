@@ -206,9 +206,9 @@ OUTPUTS = pa.schema(
     ]
 )
 
-# Judge audit (tasks.audit): one row per text the audit's judge calls rated. probe is
-# position | second_judge | human; origin "rate" marks a row copied from the rate stage
-# (its tokens are the rate stage's: not counted again), "audit" one the audit asked.
+# Judge audit (tasks.audit): one row per text an audit call rated. probe is rate (the rate
+# stage's own rating of a sampled text, copied with origin "rate": its tokens were counted
+# there) | position | second_judge | human (asked by the audit, origin "audit").
 AUDIT_RATINGS = pa.schema(
     [
         pa.field("probe", pa.string(), nullable=False),
