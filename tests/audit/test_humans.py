@@ -87,3 +87,33 @@ def test_any_table_works_the_same(tmp_path):
     csv.write_text("prompt,response,label\nhi,there,9\n")
     with pytest.raises(InputError, match="outside scale"):
         humans.load(HumanSet(name="bad", format="table", path=str(csv), scale=(0, 4)))
+
+
+def test_unreadable_answers_stay_null_and_are_counted(tmp_path):
+    from tasks.backends.scripted_judge import ScriptedJudge
+
+    hs = HumanSet(name="helpsteer", format="helpsteer", sample=30)
+    spoil = {"n": 0}
+
+    def garble(body, answer):  # every third answer is not in the judge's format
+        spoil["n"] += 1
+        return "I would rather not say." if spoil["n"] % 3 == 0 else None
+
+    cfg = rating_config("text", fault="fair")
+    rows = human_part(hs, cfg, 3, ScriptedJudge(answer_fn=garble), Journal(tmp_path / "j.jsonl")).to_pandas()
+    bad = rows[rows["parse_status"] == "unparsed"]
+    assert len(bad) == 20 and bad["rating"].isna().all()  # 60 calls, one text each
+    df = figures(human_part(hs, cfg, 3, ScriptedJudge(), Journal(tmp_path / "j.jsonl")), audit_config(
+        bootstrap=100, human_sets=[hs]), None, 3).to_pandas()  # journaled answers come back as they were
+    got = pick(df, "human", "not_compared", "helpfulness")
+    assert got["value"] == (bad["aspect"] == "helpfulness").sum() and got["n"] == 30
+    assert pick(df, "human", "exact", "helpfulness")["n"] == 30 - got["value"]
+
+
+def test_human_set_settings_name_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="path"):
+        HumanSet(name="mine", format="table")
+    with pytest.raises(ValidationError, match="scale"):
+        HumanSet(name="mine", format="table", path="x.csv", scale=(4, 0))
