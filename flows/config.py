@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from storage.keys import stable_hash
 from tasks.assemble.config import PublishConfig
+from tasks.audit.config import AuditConfig
 from tasks.generation.config import GenerationConfig
 from tasks.rating.config import RatingConfig
 from tasks.sources.config import SamplingConfig, SourceConfig
@@ -41,6 +42,7 @@ class RunConfig(BaseModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     rating: RatingConfig = Field(default_factory=RatingConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Judge audit after the rate stage (off by default)")
 
     @field_validator("sources")
     @classmethod
@@ -57,6 +59,17 @@ class RunConfig(BaseModel):
             for j, path in enumerate(src.all_paths()):
                 if "://" not in path and not Path(path).exists():
                     raise ValueError(f"sources.{i} ({src.name}): file not found: {path}")
+        return self
+
+    @model_validator(mode="after")
+    def _audit_names(self) -> "RunConfig":
+        a, endpoints = self.audit, [e.name for e in self.rating.endpoints]
+        if a.second_judge is not None and a.second_judge not in endpoints:
+            raise ValueError(f"audit.second_judge: {a.second_judge!r} names no endpoint of rating.endpoints {endpoints}")
+        if a.second_judge is not None and a.second_judge == self.rating.judge:
+            raise ValueError("audit.second_judge: names the judge itself; pick another endpoint")
+        if a.self_model is not None and a.self_model not in {m.name for m in self.generation.models}:
+            raise ValueError(f"audit.self_model: {a.self_model!r} is not a pool entry (generation.models)")
         return self
 
     def section_hash(self, *sections: str) -> str:

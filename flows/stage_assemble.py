@@ -55,13 +55,14 @@ def input_refs(store: ShardStore, upstream: dict) -> dict[str, list[ShardRef]]:
     for stage in INPUTS:
         found = upstream[stage].refs if stage in upstream else store.refs(stage)
         refs[stage] = sorted(found, key=lambda r: r.shard_id)
+    refs["audit"] = sorted(store.refs("audit"), key=lambda r: r.shard_id)  # read only: the card shows it
     if not refs["sample"]:
         raise InputError(f"assemble needs finished sample shards in {store.root}; run --stages sample first")
     return refs
 
 
 def assemble_key(refs: dict[str, list[ShardRef]], cfg) -> str:
-    inputs = [f"{stage}:{r.shard_id}:{r.sha256}" for stage in INPUTS for r in refs[stage]]
+    inputs = [f"{stage}:{r.shard_id}:{r.sha256}" for stage in (*INPUTS, "audit") for r in refs.get(stage, [])]
     return shard_key(STAGE, inputs, cfg.model_dump(mode="json"), _code())
 
 
@@ -110,6 +111,12 @@ def _position_bias(cfg, store: ShardStore, ins, comps, rates, seed: int):
     return res.table
 
 
+def _audit_section(store: ShardStore) -> str | None:
+    from flows.stage_audit import card_section
+
+    return card_section(store)
+
+
 def unfinished_notes(store: ShardStore) -> list[str]:
     notes = []
     for stage in INPUTS:
@@ -143,7 +150,7 @@ def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]
                      publish_cfg=cfg.publish, seed=seed,
                      truthful_sources={s.name for s in cfg.sources if s.format == "truthful_qa"},
                      truthful_questions=truthfulqa_questions(truthfulqa_files(cfg)),
-                     position_bias=bias, notes=notes + judge_notes(cfg))
+                     position_bias=bias, notes=notes + judge_notes(cfg), audit=_audit_section(store))
     files = to_table([{"path": f.path, "schema": f.schema, "rows": f.rows} for f in result.files], "outputs")
     ref = store.write_shard(STAGE, SHARD, files, "outputs", key)
     return {"ref": ref, "action": "written", "summary": result.summary()}

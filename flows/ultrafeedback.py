@@ -53,12 +53,14 @@ def run_stages(cfg: RunConfig, stages: list[str]) -> dict:
         up = UPSTREAM[stage]
         if up and up not in results:
             refs = store.refs(up)
-            if not refs:
+            if not refs and not (up == "rate" and cfg.publish.judge_free):  # delta pairs need no judge
                 raise InputError(f"stage {stage!r} needs finished {up!r} shards in {cfg.output}; run --stages {up} first")
             results[up] = StageResult(up, refs)
         result = _runner(stage)(cfg, store, results)
         results[stage] = result
         summary["stages"][stage] = result.summary
+        if stage == "rate":  # the judge audit belongs to the rate stage's side (off unless audit.enabled)
+            summary["stages"].update(importlib.import_module("flows.stage_audit").run_audit(cfg, store, results))
     previous = (store.read_manifest() or {}).get("summary", {}).get("stages", {})
     summary["stages"] = {**previous, **summary["stages"]}
     manifest = store.write_manifest({"summary": summary, "config": cfg.model_dump(mode="json")})

@@ -3,7 +3,8 @@
 Usage (TRL pulls in torch, so use an environment of its own, not the project's):
     python scripts/check_trl_dpo.py runs/demo
 
-Inputs: a run's output root. For each pair set in TRL's layout (trl, all_pairs) it loads the
+Inputs: a run's output root. For each pair set in TRL's layout (trl, all_pairs, and the sets
+of publish.pair_rules under preferences/<name>/) it loads the
 Parquet files with `datasets`, builds a word-level tokenizer with a chat template from the
 pairs' own text and a tiny randomly initialised Llama, and runs `trl.DPOTrainer` for two
 steps on CPU, then `trl.RewardTrainer` on a tiny sequence classifier. Nothing is
@@ -79,7 +80,13 @@ def main(argv: list[str]) -> int:
 
     print(f"trl {trl.__version__}")
     failures = 0
-    for name, pattern in SETS.items():
+    sets = dict(SETS)
+    # Sets made by publish.pair_rules (tulu3, delta, on-policy) live in preferences/<name>/.
+    # h4 and argilla keep their releases' columns, not TRL's layout: they are not checked here.
+    for folder in sorted((root / "preferences").glob("*/")):
+        if folder.name not in {"h4", "argilla"}:
+            sets.setdefault(folder.name, f"preferences/{folder.name}/train-*.parquet")
+    for name, pattern in sets.items():
         try:
             print(f"{name}: {check(root, name, pattern)}")
         except Exception as exc:  # report every dataset, then fail

@@ -184,6 +184,25 @@ PREFERENCES_ARGILLA = pa.schema(
     ]
 )
 
+# Pair sets made by tasks.assemble.pair_rules (tulu3, delta, on-policy), in the same TRL
+# conversational format; scores are null for a rule that asks no judge (delta), and
+# policy_side says which side the policy model's answer is on (null: no policy entry).
+PREFERENCES_RULES = pa.schema(
+    [
+        pa.field("prompt", pa.list_(_message), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen", pa.list_(_message), nullable=False),
+        pa.field("rejected", pa.list_(_message), nullable=False),
+        pa.field("messages", pa.list_(_message), nullable=False),
+        pa.field("score_chosen", pa.float64()),
+        pa.field("score_rejected", pa.float64()),
+        pa.field("chosen_model", pa.string(), nullable=False),
+        pa.field("rejected_model", pa.string(), nullable=False),
+        pa.field("rule", pa.string(), nullable=False),  # tulu3 | delta
+        pa.field("policy_side", pa.string()),  # chosen | rejected | null
+    ]
+)
+
 # Flat analysis table: one row per (completion, aspect), the critique as aspect "critique";
 # parse_status "missing" where the rating stage produced no row for the pair, "no_response"
 # where the completion failed to generate (and so was never rated).
@@ -220,6 +239,53 @@ OUTPUTS = pa.schema(
     ]
 )
 
+# Judge audit (tasks.audit): one row per text an audit call rated. probe is rate (the rate
+# stage's own rating of a sampled text, copied with origin "rate": its tokens were counted
+# there) | position | second_judge | human (asked by the audit, origin "audit").
+AUDIT_RATINGS = pa.schema(
+    [
+        pa.field("probe", pa.string(), nullable=False),
+        pa.field("set", pa.string(), nullable=False),  # "run", or the human set's name
+        pa.field("item_id", pa.string(), nullable=False),  # prompt_id, or the human set's row id
+        pa.field("aspect", pa.string(), nullable=False),
+        pa.field("variant", pa.int32(), nullable=False),  # presentation order; 0 = the rate stage's
+        pa.field("completion_index", pa.int32(), nullable=False),  # human pairwise: 0 = response a, 1 = b
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),  # 1 = shown as Text 1
+        pa.field("n_texts", pa.int32(), nullable=False),
+        pa.field("response_chars", pa.int64(), nullable=False),
+        pa.field("rating", pa.float64()),  # null: N/A, unparsed or failed (see parse_status)
+        pa.field("rating_na", pa.bool_(), nullable=False),
+        pa.field("parse_status", pa.string(), nullable=False),  # ok | na | unparsed | failed
+        pa.field("judge_model", pa.string(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),  # rate | audit
+        pa.field("human_label", pa.float64()),  # pointwise: mapped to 1-5; pairwise: majority 1 | 2 | 0 (tie)
+        pa.field("human_votes", pa.list_(pa.int32())),  # pairwise: each annotator's 1 | 2 | 0
+        pa.field("baseline_label", pa.string()),  # another judge's published verdict (PandaLM: gpt-3.5)
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),  # of the whole call: sum once per request_id
+        pa.field("request_id", pa.string(), nullable=False),
+    ]
+)
+
+# The audit's figures: one row per (probe, set, aspect, metric[, position]) with a
+# bootstrap interval where one is defined.
+AUDIT_RESULTS = pa.schema(
+    [
+        pa.field("probe", pa.string(), nullable=False),  # position | verbosity | self_preference | second_judge | human
+        pa.field("set", pa.string(), nullable=False),
+        pa.field("aspect", pa.string(), nullable=False),  # an aspect, or "preference" (pairwise human sets)
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("position", pa.int32()),
+        pa.field("value", pa.float64()),
+        pa.field("low", pa.float64()),
+        pa.field("high", pa.float64()),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("note", pa.string()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "instructions": INSTRUCTIONS,
     "completions": COMPLETIONS,
@@ -229,8 +295,11 @@ SCHEMAS: dict[str, pa.Schema] = {
     "preferences_h4": PREFERENCES_H4,
     "preferences_trl": PREFERENCES_TRL,
     "preferences_argilla": PREFERENCES_ARGILLA,
+    "preferences_rules": PREFERENCES_RULES,
     "ratings_long": RATINGS_LONG,
     "outputs": OUTPUTS,
+    "audit_ratings": AUDIT_RATINGS,
+    "audit_results": AUDIT_RESULTS,
 }
 
 

@@ -186,7 +186,7 @@ def loading_snippet(subsets: list) -> str:
 
 def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[str],
                 position_bias: pd.DataFrame | None = None, files: list[str] | None = None,
-                notes: list[str] | None = None) -> str:
+                notes: list[str] | None = None, audit: str | None = None) -> str:
     subsets = present_subsets(files or [], config)
     src = sources_table(stats)
     name = config.get("name", "ultrafeedback")
@@ -221,6 +221,8 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
     if position_bias is not None:
         lines += ["\n## Position bias\n", "Agreement between the ratings of a sample and a re-rating with "
                   "the completion order reversed.\n", table(position_bias)]
+    if audit:  # the judge audit's own section (rendered by tasks.audit.report from its shards)
+        lines += ["", audit]
     lines += [
         "\n## Quality report\n", "Plots and tables: [report/report.md](report/report.md).\n",
         "## Schema\n", schema_section(subsets),

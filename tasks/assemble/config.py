@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.assemble.pair_rules import PairRuleSet
+
 ASPECT_SCORES = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 Score = Literal["overall", "fine_grained", "instruction_following", "honesty", "truthfulness", "helpfulness"]
 Layout = Literal["h4", "argilla", "trl"]
@@ -85,6 +87,17 @@ class PublishConfig(BaseModel):
     plots: bool = Field(True, description="Render the quality report's PNG plots")
     position_bias: bool = Field(False, description="Re-rate a sample with the completion order reversed")
     position_bias_sample: int = Field(50, ge=1, le=100_000, description="Prompts in the position-bias sample")
+    pair_rules: list[PairRuleSet] = Field(default_factory=list, description="Extra pair sets by rule (tulu3, delta; "
+                                          "optionally on-policy), each in preferences/<name>/")
+
+    @field_validator("pair_rules")
+    @classmethod
+    def _unique_sets(cls, v: list[PairRuleSet]) -> list[PairRuleSet]:
+        names = [s.name for s in v]
+        clash = sorted({n for n in names if names.count(n) > 1} | (set(default_pairs()) & set(names)))
+        if clash:
+            raise ValueError(f"pair set names repeated or taken by the built-in sets: {clash}")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +136,11 @@ class PublishConfig(BaseModel):
         if path is not None and not path.lower().endswith(".csv"):
             raise ValueError(f"expected a .csv file (TruthfulQA.csv layout), got {path!r}")
         return path
+
+    @property
+    def judge_free(self) -> bool:
+        """Every configured extra pair set asks no judge (delta): assemble may run without ratings."""
+        return bool(self.pair_rules) and not any(r.needs_judge for r in self.pair_rules)
 
     def test_rows(self, prompts: int) -> int:
         """Prompts in the test split: test_size, capped by max_test_fraction of the prompts."""

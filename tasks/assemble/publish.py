@@ -33,8 +33,8 @@ import pyarrow.compute as pc
 
 from storage.schemas import SCHEMAS
 from storage.tables import write_bytes, write_table_chunks, write_text
-from tasks.assemble import frames
-from tasks.assemble.binarize import Choice, PairStats, choose, drop_truthful_qa_all
+from tasks.assemble import frames, pair_rules
+from tasks.assemble.binarize import Choice, PairStats, choose, drop_truthful_qa, drop_truthful_qa_all
 from tasks.assemble.card import render_card
 from tasks.assemble.config import LAYOUT_SCHEMA, PublishConfig
 from tasks.assemble.join import dataset_from, ids_from, join, long_from, long_rows
@@ -130,7 +130,7 @@ def remove_stale_sets(root: str, keep: set[str]) -> None:
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
             truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None,
-            notes: list[str] | None = None) -> PublishResult:
+            notes: list[str] | None = None, audit: str | None = None) -> PublishResult:
     root = output.rstrip("/")
     n = publish_cfg.shard_rows
     joined = join(instructions, completions, ratings)
@@ -158,10 +158,20 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
             files += write_parts_built(root, f"preferences/{name}", split, len(picks),
                                        lambda lo, hi, p=picks, s=split, l=layout: frames.pair_table(joined, p[lo:hi], l, s),
                                        LAYOUT_SCHEMA[layout], n, CHUNK_ROWS)
-    remove_stale_sets(root, set(publish_cfg.pairs))
+    remove_stale_sets(root, set(publish_cfg.pairs) | {rs.name for rs in publish_cfg.pair_rules})
+
+    rule_counts = {}  # extra pair sets by rule (tasks.assemble.pair_rules)
+    policy = pair_rules.policy_of(config)
+    keep = (lambda ps: drop_truthful_qa(ps, set(truthful_sources), set(truthful_questions), PairStats())) \
+        if publish_cfg.drop_truthful_qa else (lambda ps: ps)
+    for rs, picks, counts in pair_rules.build_sets(joined, comps, publish_cfg.pair_rules, seed, policy, keep):
+        files += write_parts_built(root, f"preferences/{rs.name}", "train", len(picks),
+                                   lambda lo, hi, p=picks, r=rs: pair_rules.table(joined, p[lo:hi], r, policy),
+                                   "preferences_rules", n, CHUNK_ROWS)
+        rule_counts.update({f"{rs.name}.{k}": v for k, v in counts.items()})
 
     stats = run_stats(instructions, joined.comps, long, comps)
-    pair_stats = pairs.stats.as_dict()
+    pair_stats = {**pairs.stats.as_dict(), **rule_counts}
     plots = render_all(stats) if publish_cfg.plots else {}
     for name, png in plots.items():
         write_bytes(f"{root}/report/{name}", png)
@@ -171,7 +181,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
     write_text(f"{root}/report/report.md", report_md)
     judges = sorted(j for j in pc.unique(long["judge_model"]).to_pylist() if j)
     card = render_card(config, stats, pair_stats, judges, position_bias, files=[f.path for f in files],
-                       notes=notes)
+                       notes=notes, audit=audit)
     write_text(f"{root}/README.md", card)
     files += [OutputFile("report/report.md", "markdown", 0), OutputFile("README.md", "markdown", 0)]
     # The UI cannot show the PNGs, so the artifact carries the tables and says where the plots are.

@@ -106,6 +106,8 @@ class ModelEntry(BaseModel):
     requests_per_minute: float | None = Field(None, gt=0, description="openai: client-side rate limit")
     max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait honouring 429 Retry-After per request")
     script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
+    policy: bool = Field(False, description="The on-policy slot: this entry (e.g. your own SFT model) is drawn into "
+                         "every instruction's k models; at most one entry")
 
     @field_validator("dtype")
     @classmethod
@@ -191,6 +193,9 @@ class GenerationConfig(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model names must be unique, repeated: {dup}")
+        policies = [m.name for m in models if m.policy]
+        if len(policies) > 1:
+            raise ValueError(f"policy: at most one pool entry is the policy, got {policies}")
         return models
 
     @model_validator(mode="after")
@@ -208,6 +213,11 @@ class GenerationConfig(BaseModel):
 
             validate_pool_gpus(self)
         return self
+
+    @property
+    def policy(self) -> str | None:
+        """The name of the on-policy entry, if the pool marks one."""
+        return next((m.name for m in self.models if m.policy), None)
 
     def entry(self, name: str) -> ModelEntry:
         for m in self.models:

@@ -30,8 +30,17 @@ def rng_for(seed: int, prompt_id: str, purpose: str = "generation") -> random.Ra
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def draw_models(rng: random.Random, pool: list[str], k: int, allow_repeats: bool = False) -> list[str]:
-    """k distinct models, or with repeats beyond the pool size when allowed."""
+def draw_models(rng: random.Random, pool: list[str], k: int, allow_repeats: bool = False,
+                policy: str | None = None) -> list[str]:
+    """k distinct models, or with repeats beyond the pool size when allowed.
+
+    With a `policy` entry (the on-policy slot) it is one of every instruction's k models:
+    the other k-1 are drawn from the rest of the pool, and the policy's slot among the k is
+    drawn too, so it is not always completion 0 (and so not always Text 1 for the judge)."""
+    if policy is not None:
+        others = draw_models(rng, [m for m in pool if m != policy], k - 1, allow_repeats) if k > 1 else []
+        slot = rng.randrange(k)
+        return others[:slot] + [policy] + others[slot:]
     names = sorted(pool)
     if k <= len(names):
         return rng.sample(names, k)
@@ -54,13 +63,14 @@ def draw_for_instruction(
     k: int,
     allow_repeats: bool = False,
     table: dict[str, dict[str, float]] | None = None,
+    policy: str | None = None,
 ) -> list[Draw]:
-    """The k completions one instruction will get."""
+    """The k completions one instruction will get (the policy entry always among them)."""
     full = effective_table(table)
     if row not in full:
         raise ValueError(f"no principle distribution for source row {row!r}; known: {sorted(full)}")
     rng = rng_for(seed, prompt_id)
-    models = draw_models(rng, pool, k, allow_repeats)
+    models = draw_models(rng, pool, k, allow_repeats, policy)
     prompts = system_prompts()
     draws = []
     for index, model in enumerate(models):

@@ -53,7 +53,8 @@ def plan_shard(instructions: pa.Table, cfg: GenerationConfig, seed: int,
     planned: list[Planned] = []
     for rec in sorted(cols, key=lambda r: r["prompt_id"]):
         row = rows_by_source.get(rec["source"]) or table_row(rec["source_format"])
-        for d in draw_for_instruction(seed, rec["prompt_id"], row, pool, cfg.k, cfg.allow_repeats, cfg.principles):
+        for d in draw_for_instruction(seed, rec["prompt_id"], row, pool, cfg.k, cfg.allow_repeats, cfg.principles,
+                                      policy=cfg.policy):
             planned.append(Planned(rec["prompt_id"], rec["instruction"], d.completion_index, d.model,
                                    d.principle, d.system_prompt))
     return planned

@@ -52,7 +52,8 @@ def _output_settings(entry: ModelEntry) -> dict:
 def draw_settings(cfg: GenerationConfig, seed: int, rows_by_source: dict[str, str]) -> dict:
     """Everything the draws depend on: a change re-plans every shard."""
     return {"seed": seed, "k": cfg.k, "allow_repeats": cfg.allow_repeats, "pool": sorted(m.name for m in cfg.models),
-            "principles": cfg.principles, "rows": rows_by_source, "prompts": stable_hash(system_prompts())}
+            "principles": cfg.principles, "rows": rows_by_source, "prompts": stable_hash(system_prompts()),
+            **({"policy": cfg.policy} if cfg.policy else {})}
 
 
 def part_key(instr: ShardRef, entry: ModelEntry, cfg: GenerationConfig, seed: int, rows_by_source: dict) -> str:

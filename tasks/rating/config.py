@@ -80,6 +80,8 @@ class JudgeEndpoint(BaseModel):
     max_model_len: int | None = Field(8192, ge=256, description="local_vllm: engine context length (the aspect prompt "
                                       "holds all completions of an instruction)")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="local_vllm: how the engine is launched")
+    script: dict = Field(default_factory=dict, description="scripted: options of a scripted judge with a planted "
+                         "fault (tasks.backends.scripted_faults; tests and demos of the judge audit)")
 
     @field_validator("api_key_env", "base_url_env")
     @classmethod

@@ -66,6 +66,10 @@ def close_engines() -> None:
 
 
 def open_judge(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
+    if endpoint.kind == "scripted" and endpoint.script:
+        from tasks.backends.scripted_faults import FaultyJudge
+
+        return FaultyJudge(**endpoint.script)
     if endpoint.kind == "scripted":
         from tasks.backends.scripted_judge import ScriptedJudge
 

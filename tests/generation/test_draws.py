@@ -96,3 +96,28 @@ def test_system_prompt_drawn_uniformly_within_principle():
 def test_unknown_row_is_an_error():
     with pytest.raises(ValueError, match="no principle distribution"):
         draw_for_instruction(1, "p", "nonsense", POOL, 2)
+
+
+def test_policy_entry_is_in_every_instruction_at_a_drawn_slot():
+    pids = [prompt_id(f"policy {i}") for i in range(200)]
+    draws = {p: draw_for_instruction(9, p, "sharegpt", POOL, 4, policy=POOL[2]) for p in pids}
+    for d in draws.values():
+        models = [x.model for x in d]
+        assert models.count(POOL[2]) == 1 and len(set(models)) == 4 and [x.completion_index for x in d] == [0, 1, 2, 3]
+    slots = Counter(next(x.completion_index for x in d if x.model == POOL[2]) for d in draws.values())
+    assert set(slots) == {0, 1, 2, 3} and min(slots.values()) > 30  # not always completion 0 (Text 1)
+    # Without a policy the draws are what they always were.
+    assert draw_for_instruction(9, pids[0], "sharegpt", POOL, 4) == draw_for_instruction(9, pids[0], "sharegpt", POOL, 4,
+                                                                                          policy=None)
+
+
+def test_at_most_one_policy_entry():
+    from pydantic import ValidationError
+
+    from tasks.generation.config import GenerationConfig
+
+    models = [{"name": n, "serve": "scripted", "policy": i < 2} for i, n in enumerate(POOL[:4])]
+    with pytest.raises(ValidationError, match="at most one pool entry is the policy"):
+        GenerationConfig(k=3, models=models)
+    models[1]["policy"] = False
+    assert GenerationConfig(k=3, models=models).policy == POOL[0]
