@@ -142,6 +142,9 @@ def main() -> None:
     model.wrap(ScriptedBackend, "answer")  # one generated completion
     model.wrap(ScriptedJudge, "_answer")  # one judge answer
     cfg = load_config(args.config)
+    from flows.runtime import task_threads, tune_gc
+
+    tune_gc()  # as `ultrafeedback run` does before its flow
     cpu0 = _cpu()
     t = time.monotonic()
     ultrafeedback(config=cfg)
@@ -155,7 +158,7 @@ def main() -> None:
         "import_s": round(imported_s, 3),
         "flow_cpu_s": round(cpu, 3),  # this process, every thread, during the flow call
         "model_cpu_s": round(model.seconds, 3),  # of which inside the scripted backends
-        "workers": os.environ.get("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS") or "unbounded",
+        "workers": os.environ.get("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS") or f"{task_threads()} (default)",
         "flow_s": round(flow_s, 3),
         "stages_s": round(sum(s["wall_s"] for s in stages.values()), 3),
         "flow_start_s": round(first - t, 3),  # flow call to the first stage: mostly the Prefect API server's start

@@ -14,6 +14,7 @@ exit code 2, before any work starts; no traceback for expected errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -55,7 +56,7 @@ def _csv(value: str | None) -> list[str] | None:
     return items or None
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, server=None) -> int:
     from flows.config import STAGES, load_config
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -66,7 +67,7 @@ def cmd_run(args) -> int:
     from flows.progress import cli_display
     from flows.ultrafeedback import ultrafeedback
 
-    with cli_display(_show_progress(args)):
+    with _ready(server), cli_display(_show_progress(args)):
         summary = ultrafeedback(config=cfg, stages=stages)
     print(json.dumps(summary, indent=1, default=str))
     failed = {st: info["shards"]["failed"] for st, info in summary["stages"].items()
@@ -79,7 +80,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_backfill(args) -> int:
+def cmd_backfill(args, server=None) -> int:
     from flows.config import STAGES
 
     stages = _csv(args.stages)
@@ -89,7 +90,7 @@ def cmd_backfill(args) -> int:
     from flows.backfill import backfill
     from flows.progress import cli_display
 
-    with cli_display(_show_progress(args)):
+    with _ready(server), cli_display(_show_progress(args)):
         result = backfill(output=args.out, stages=stages, shards=_csv(args.shards))
     print(json.dumps(result, indent=1, default=str))
     left = result["still_unfinished"]
@@ -113,7 +114,7 @@ def status_data(out: str) -> dict:
     return {"output": out, "stages": stages}
 
 
-def cmd_status(args) -> int:
+def cmd_status(args, server=None) -> int:
     data = status_data(args.out)
     if args.json:
         print(json.dumps(data, indent=1))
@@ -130,16 +131,38 @@ def cmd_status(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _ready(server):
+    """Wait for the temporary Prefect server (started before the imports) right before a flow,
+    and point Prefect at it even if Prefect read its settings before the server existed."""
+    from flows.runtime import tune_gc
+
+    tune_gc()  # after the imports, before the flow
+    if server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.wait_ready()}):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from flows.config import ConfigError
-    from tasks.errors import UltraFeedbackError
+    from flows.api_server import ServerStartError, temporary_server
 
-    try:
-        return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill}[args.command](args)
-    except (ConfigError, UltraFeedbackError, ValueError) as exc:
-        print(f"ultrafeedback: error: {exc}", file=sys.stderr)
-        return 2
+    # `run` and `backfill` need a Prefect API: PREFECT_API_URL's, else one for this command,
+    # started now so that it comes up while Prefect is imported and the config is checked.
+    server_cm = temporary_server() if args.command in ("run", "backfill") else contextlib.nullcontext()
+    with server_cm as server:
+        from flows.config import ConfigError
+        from tasks.errors import UltraFeedbackError
+
+        try:
+            return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill}[args.command](args, server)
+        except (ConfigError, UltraFeedbackError, ValueError, ServerStartError) as exc:
+            print(f"ultrafeedback: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

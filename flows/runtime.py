@@ -1,0 +1,52 @@
+"""Process settings of a pipeline run: how many shard tasks run at once, and the garbage collector.
+
+Inputs: the environment. Outputs: `task_threads()`, the size of the flow's task thread pool,
+and `tune_gc()`, called once before a flow runs (the CLI does; so does the scale benchmark,
+which stands in for it).
+
+- Task threads: Prefect's thread pool is unbounded unless PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS
+  says otherwise, so every shard task of a stage started at once, each holding its shard's
+  prompts and answers: 3.2 GB at 32,000 instructions against 1.4 GB with 4 threads, and no
+  faster, since the stages' Python work shares one interpreter lock. The default here is
+  8 threads (enough for 8 engines at once, one per GPU); that Prefect setting still wins.
+- Garbage collector: the rate stage allocates millions of short-lived containers per run, and
+  with CPython's default gen-0 threshold (700) the collector ran thousands of times per shard,
+  each pass also walking everything alive (the modules Prefect, pyarrow and pandas import:
+  about 200,000 objects). Freezing what exists after the imports (it is never garbage) and
+  collecting young objects every 20,000 allocations instead of 700 cut one rate shard's CPU
+  by about a third in a measurement (docs/benchmarks.md, Scale). Reference counting still
+  frees everything that is not in a cycle at once; cycles are still collected, only later.
+"""
+from __future__ import annotations
+
+import gc
+import os
+
+DEFAULT_TASK_THREADS = 8
+GC_THRESHOLD = (20_000, 10, 10)
+_tuned = False
+
+
+def task_threads() -> int:
+    """PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS if set, else DEFAULT_TASK_THREADS."""
+    raw = os.environ.get("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ValueError(f"PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS: {raw!r} is not a whole number") from None
+        if n < 1:
+            raise ValueError(f"PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS: {n} must be at least 1")
+        return n
+    return DEFAULT_TASK_THREADS
+
+
+def tune_gc() -> None:
+    """Freeze the objects built so far and collect less often (see the module docstring). Idempotent."""
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    gc.collect()  # what is garbage now is collected, not frozen forever
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
