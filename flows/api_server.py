@@ -119,8 +119,22 @@ def temporary_server() -> Iterator[TemporaryServer | None]:
     try:
         yield server
     finally:
+        _drain_prefect_clients()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _drain_prefect_clients(timeout_s: float = 10.0) -> None:
+    """Send the logs and events still queued in this process while the server is up: stopped
+    first, Prefect's exit hooks retried against a closed port for about a minute."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # never started, or already drained
+            worker.drain_all(timeout=timeout_s)
 
 
 def _die_with_parent() -> None:

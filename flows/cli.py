@@ -19,10 +19,13 @@ import json
 import os
 import sys
 
+from flows.runtime import set_task_threads
+
 # Prefect reads these at import time: no telemetry, and room for a slow first start.
 for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
     os.environ.setdefault(_k, _v)
+set_task_threads()
 
 
 def _parser() -> argparse.ArgumentParser:

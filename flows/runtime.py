@@ -1,14 +1,14 @@
 """Process settings of a pipeline run: how many shard tasks run at once, and the garbage collector.
 
-Inputs: the environment. Outputs: `task_threads()`, the size of the flow's task thread pool,
-and `tune_gc()`, called once before a flow runs (the CLI does; so does the scale benchmark,
-which stands in for it).
+Inputs: the environment. Outputs: `set_task_threads()`, called before Prefect is imported
+(the CLI does, at import; so does the scale benchmark, which stands in for it), and
+`tune_gc()`, called once before a flow runs.
 
 - Task threads: Prefect's thread pool is unbounded unless PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS
   says otherwise, so every shard task of a stage started at once, each holding its shard's
   prompts and answers: 3.2 GB at 32,000 instructions against 1.4 GB with 4 threads, and no
-  faster, since the stages' Python work shares one interpreter lock. The default here is
-  8 threads (enough for 8 engines at once, one per GPU); that Prefect setting still wins.
+  faster, since the stages' Python work shares one interpreter lock. The default set here is
+  8 threads (enough for 8 engines at once, one per GPU); a value already in the environment wins.
 - Garbage collector: the rate stage allocates millions of short-lived containers per run, and
   with CPython's default gen-0 threshold (700) the collector ran thousands of times per shard,
   each pass also walking everything alive (the modules Prefect, pyarrow and pandas import:
@@ -22,23 +22,17 @@ from __future__ import annotations
 import gc
 import os
 
+THREADS_ENV = "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS"
 DEFAULT_TASK_THREADS = 8
 GC_THRESHOLD = (20_000, 10, 10)
 _tuned = False
 
 
-def task_threads() -> int:
-    """PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS if set, else DEFAULT_TASK_THREADS."""
-    raw = os.environ.get("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", "").strip()
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            raise ValueError(f"PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS: {raw!r} is not a whole number") from None
-        if n < 1:
-            raise ValueError(f"PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS: {n} must be at least 1")
-        return n
-    return DEFAULT_TASK_THREADS
+def set_task_threads() -> None:
+    """Bound Prefect's task thread pool (see the module docstring) unless the environment does.
+
+    Prefect reads its settings when it is imported: call this first."""
+    os.environ.setdefault(THREADS_ENV, str(DEFAULT_TASK_THREADS))
 
 
 def tune_gc() -> None:

@@ -36,7 +36,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import STAGES
-from flows.runtime import task_threads
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import UltraFeedbackError
 
@@ -133,9 +132,6 @@ def _verdict(task: Task, parameters: dict[str, Any]) -> Exception | None:
 class ShardGateTaskRunner(ThreadPoolTaskRunner):
     """ThreadPoolTaskRunner + fault injection + backfill selection (see the module docstring)."""
 
-    def __init__(self, max_workers: int | None = None):
-        super().__init__(max_workers=max_workers or task_threads())
-
     def submit(self, task, parameters, wait_for=None, dependencies=None):
         exc = _verdict(task, parameters)
         if exc is not None:
@@ -148,4 +144,4 @@ def default_task_runner() -> ThreadPoolTaskRunner:
     if os.environ.get(FAULT_ENV):
         parse_faults(os.environ[FAULT_ENV])  # a typo fails here, not silently at run time
         return ShardGateTaskRunner()
-    return ThreadPoolTaskRunner(max_workers=task_threads())  # bounded: see flows.runtime
+    return ThreadPoolTaskRunner()
