@@ -138,7 +138,10 @@ def _drain_prefect_clients(timeout_s: float = 10.0) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+    The kernel ties the signal to the thread that started the child: start it from one that
+    lives as long as the command (the CLI's main thread)."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
