@@ -10,6 +10,10 @@ their states; `backfill` reruns only the unfinished shards of a run and re-assem
 code 1 when some are still unfinished). On a terminal, `run` and `backfill` show a progress
 bar per stage. Errors in the config or the sources are printed as one clear message with
 exit code 2, before any work starts; no traceback for expected errors.
+
+Prefect: `run` and `backfill` use the server PREFECT_API_URL names, else a temporary one the
+command starts first and stops last, also when the command is killed (flows/api_server.py).
+Task threads and the garbage collector are set as flows/runtime.py says.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import json
 import os
 import sys
 
-from flows.runtime import set_task_threads
+from flows.runtime import set_task_threads, tune_gc
 
 # Prefect reads these at import time: no telemetry, and room for a slow first start.
 for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
@@ -138,8 +142,6 @@ def cmd_status(args, server=None) -> int:
 def _ready(server):
     """Wait for the temporary Prefect server (started before the imports) right before a flow,
     and point Prefect at it even if Prefect read its settings before the server existed."""
-    from flows.runtime import tune_gc
-
     tune_gc()  # after the imports, before the flow
     if server is None:
         yield
