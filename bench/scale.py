@@ -90,7 +90,7 @@ def run_one(n: int, judge: str, args) -> dict:
         env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PYTHONPATH": str(ROOT)}
         env.pop("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS", None)
-        if args.workers:  # Prefect's thread pool runs every submitted shard task at once unless bounded
+        if args.workers:  # else scale_run.py applies the CLI's default (flows/runtime.py)
             env["PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS"] = str(args.workers)
         cmd = [sys.executable, str(ROOT / "bench/scale_run.py"), str(cfg_path), str(result_path)]
         if args.profile:
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="8000,16000,32000,63967")
     ap.add_argument("--judge", default="scripted", help="comma-separated: scripted, http")
     ap.add_argument("--shard-size", type=int, default=1000)
-    ap.add_argument("--workers", type=int, help="bound Prefect's task thread pool (default: Prefect's, unbounded)")
+    ap.add_argument("--workers", type=int, help="Prefect's task threads (default: the CLI's, flows/runtime.py)")
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="data, configs, results and (with --keep) outputs")
     ap.add_argument("--profile", choices=["sample", "generate", "rate", "assemble"], help="cProfile one stage")
     ap.add_argument("--no-plots", action="store_true")

@@ -26,6 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
+from flows.runtime import set_task_threads, tune_gc  # noqa: E402
+
+workers_set = "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS" in os.environ
+set_task_threads()  # before Prefect is imported, as `ultrafeedback run` does
+
 
 class Sampler(threading.Thread):
     """Peak RSS of this process (and, separately, of its children) since the last mark."""
@@ -142,6 +147,7 @@ def main() -> None:
     model.wrap(ScriptedBackend, "answer")  # one generated completion
     model.wrap(ScriptedJudge, "_answer")  # one judge answer
     cfg = load_config(args.config)
+    tune_gc()  # as `ultrafeedback run` does before its flow
     cpu0 = _cpu()
     t = time.monotonic()
     ultrafeedback(config=cfg)
@@ -155,7 +161,7 @@ def main() -> None:
         "import_s": round(imported_s, 3),
         "flow_cpu_s": round(cpu, 3),  # this process, every thread, during the flow call
         "model_cpu_s": round(model.seconds, 3),  # of which inside the scripted backends
-        "workers": os.environ.get("PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS") or "unbounded",
+        "workers": os.environ["PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS"] + ("" if workers_set else " (default)"),
         "flow_s": round(flow_s, 3),
         "stages_s": round(sum(s["wall_s"] for s in stages.values()), 3),
         "flow_start_s": round(first - t, 3),  # flow call to the first stage: mostly the Prefect API server's start

@@ -11,18 +11,26 @@ their states; `backfill` reruns only the unfinished shards of a run and re-assem
 code 1 when some are still unfinished). On a terminal, `run` and `backfill` show a progress
 bar per stage. Errors in the config or the sources are printed as one clear message with
 exit code 2, before any work starts; no traceback for expected errors.
+
+Prefect: `run` and `backfill` use the server PREFECT_API_URL names, else a temporary one the
+command starts first and stops last, also when the command is killed (flows/api_server.py).
+Task threads and the garbage collector are set as flows/runtime.py says.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+
+from flows.runtime import set_task_threads, tune_gc
 
 # Prefect reads these at import time: no telemetry, and room for a slow first start.
 for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
     os.environ.setdefault(_k, _v)
+set_task_threads()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args, server=None) -> int:
     from flows.plan import format_plan, load_plan_config, make_plan
 
     plan = make_plan(load_plan_config(args.config, args.overrides), origin=args.config)
@@ -69,7 +77,7 @@ def _csv(value: str | None) -> list[str] | None:
     return items or None
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, server=None) -> int:
     from flows.config import STAGES, load_config
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -80,7 +88,7 @@ def cmd_run(args) -> int:
     from flows.progress import cli_display
     from flows.ultrafeedback import ultrafeedback
 
-    with cli_display(_show_progress(args)):
+    with _ready(server), cli_display(_show_progress(args)):
         summary = ultrafeedback(config=cfg, stages=stages)
     print(json.dumps(summary, indent=1, default=str))
     failed = {st: info["shards"]["failed"] for st, info in summary["stages"].items()
@@ -93,7 +101,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_backfill(args) -> int:
+def cmd_backfill(args, server=None) -> int:
     from flows.config import STAGES
 
     stages = _csv(args.stages)
@@ -103,7 +111,7 @@ def cmd_backfill(args) -> int:
     from flows.backfill import backfill
     from flows.progress import cli_display
 
-    with cli_display(_show_progress(args)):
+    with _ready(server), cli_display(_show_progress(args)):
         result = backfill(output=args.out, stages=stages, shards=_csv(args.shards))
     print(json.dumps(result, indent=1, default=str))
     left = result["still_unfinished"]
@@ -127,7 +135,7 @@ def status_data(out: str) -> dict:
     return {"output": out, "stages": stages}
 
 
-def cmd_status(args) -> int:
+def cmd_status(args, server=None) -> int:
     data = status_data(args.out)
     if args.json:
         print(json.dumps(data, indent=1))
@@ -144,17 +152,37 @@ def cmd_status(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _ready(server):
+    """Wait for the temporary Prefect server (started before the imports) right before a flow,
+    and point Prefect at it even if Prefect read its settings before the server existed."""
+    tune_gc()  # after the imports, before the flow
+    if server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.wait_ready()}):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from flows.config import ConfigError
-    from tasks.errors import UltraFeedbackError
+    from flows.api_server import ServerStartError, temporary_server
 
-    try:
-        return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill,
-                "plan": cmd_plan}[args.command](args)
-    except (ConfigError, UltraFeedbackError, ValueError) as exc:
-        print(f"ultrafeedback: error: {exc}", file=sys.stderr)
-        return 2
+    # `run` and `backfill` need a Prefect API: PREFECT_API_URL's, else one for this command,
+    # started now so that it comes up while Prefect is imported and the config is checked.
+    server_cm = temporary_server() if args.command in ("run", "backfill") else contextlib.nullcontext()
+    with server_cm as server:
+        from flows.config import ConfigError
+        from tasks.errors import UltraFeedbackError
+
+        try:
+            return {"run": cmd_run, "status": cmd_status, "backfill": cmd_backfill,
+                    "plan": cmd_plan}[args.command](args, server)
+        except (ConfigError, UltraFeedbackError, ValueError, ServerStartError) as exc:
+            print(f"ultrafeedback: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -89,13 +89,16 @@ def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], 
 
 
 class _ExpectedErrorsWithoutTraceback(logging.Filter):
-    """Bad input is reported as its message; a traceback would only bury the file and row."""
+    """Bad input is reported as its message; a traceback would only bury the file and row.
+    So is a transient error (a shard handed back for a retry or a backfill): expected, and
+    its message says what failed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from tasks.errors import InputError
+        from tasks.errors import InputError, TransientError
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (InputError, ValueError)) and type(exc).__module__.startswith(("tasks", "flows", "storage")):
+        if isinstance(exc, (InputError, TransientError, ValueError)) \
+                and type(exc).__module__.startswith(("tasks", "flows", "storage")):
             record.exc_info = None
             record.exc_text = None
         return True

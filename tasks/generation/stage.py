@@ -15,7 +15,9 @@ when all of a group's parts are already done.
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import tasks.generation.draws
@@ -89,11 +91,59 @@ class _Todo:
     results: dict = field(default_factory=dict)
 
 
+class _Plans:
+    """The plans of instruction shards drawn in this process, shared by the engine groups and
+    the merge: each shard is read and drawn once, not once per group and again for the merge
+    (with a pool of 4 that was half of the stage's CPU). Threads asking for the same shard at
+    once wait for the one drawing it. Bounded by planned completions (about one full-size
+    run); the merge, the last reader, drops its shard's plan."""
+
+    def __init__(self, max_items: int = 300_000):
+        self.max_items = max_items
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[tuple, list[Planned]] = OrderedDict()
+        self._drawing: dict[tuple, threading.Lock] = {}
+        self._items = 0
+
+    @staticmethod
+    def key(ref: ShardRef, cfg: GenerationConfig, seed: int, rows_by_source: dict) -> tuple:
+        return ref.sha256, stable_hash(draw_settings(cfg, seed, rows_by_source), length=32)
+
+    def get(self, store: ShardStore, ref: ShardRef, cfg: GenerationConfig, seed: int, rows_by_source: dict,
+            key: tuple) -> list[Planned]:
+        with self._lock:
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+            drawing = self._drawing.setdefault(key, threading.Lock())
+        with drawing:
+            with self._lock:
+                if key in self._plans:
+                    return self._plans[key]
+            plan = plan_shard(store.read_shard(ref), cfg, seed, rows_by_source)
+            with self._lock:
+                self._plans[key] = plan
+                self._items += len(plan)
+                while self._items > self.max_items and len(self._plans) > 1:
+                    self._items -= len(self._plans.popitem(last=False)[1])
+                self._drawing.pop(key, None)
+        return plan
+
+    def drop(self, key: tuple) -> None:
+        with self._lock:
+            plan = self._plans.pop(key, None)
+            self._items -= len(plan) if plan is not None else 0
+
+
+_PLANS = _Plans()
+
+
 def _plan_todo(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], cfg: GenerationConfig,
                seed: int, rows_by_source: dict, out: GroupResult) -> list[_Todo]:
     todo = []
+    draws = stable_hash(draw_settings(cfg, seed, rows_by_source), length=32)  # the same for every shard
     for ref in instr_refs:
-        planned = plan_shard(store.read_shard(ref), cfg, seed, rows_by_source)
+        planned = _PLANS.get(store, ref, cfg, seed, rows_by_source, (ref.sha256, draws))
         for entry in group.entries:
             mine = [p for p in planned if p.model == entry.name]
             if not mine:
@@ -168,7 +218,9 @@ def merge_shard(store: ShardStore, instr: ShardRef, cfg: GenerationConfig, seed:
     existing = store.done_with_key(STAGE, instr.shard_id, key)
     if existing is not None:
         return existing
-    planned = plan_shard(store.read_shard(instr), cfg, seed, rows_by_source)
+    plan_key = _Plans.key(instr, cfg, seed, rows_by_source)
+    planned = _PLANS.get(store, instr, cfg, seed, rows_by_source, plan_key)
+    _PLANS.drop(plan_key)  # the last reader of this plan
     rows: list[dict] = []
     for name in sorted({p.model for p in planned}):
         entry = cfg.entry(name)

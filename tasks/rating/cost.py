@@ -61,26 +61,37 @@ class CostLine:
 def summarize(records: Iterable[Mapping[str, Any]], stage: str, model_key: str = "model") -> list[dict]:
     """Per-model totals over request records (model, prompt_tokens, completion_tokens,
     cost_usd, request_id); records sharing a request_id count once."""
+    return _summarize(((rec.get(model_key), rec.get("prompt_tokens"), rec.get("completion_tokens"),
+                        rec.get("cost_usd"), rec.get("request_id")) for rec in records), stage)
+
+
+def _summarize(records: Iterable[tuple], stage: str) -> list[dict]:
+    """`summarize` over (model, prompt_tokens, completion_tokens, cost_usd, request_id) tuples."""
     lines: dict[str, CostLine] = {}
     seen: set[str] = set()
-    for rec in records:
-        rid = rec.get("request_id")
+    for model, prompt, completion, usd, rid in records:
         if rid is not None:
             if rid in seen:
                 continue
             seen.add(rid)
-        model = rec.get(model_key) or "?"
-        line = lines.setdefault(model, CostLine(stage, model))
-        line.add(rec.get("prompt_tokens"), rec.get("completion_tokens"), rec.get("cost_usd"))
+        model = model or "?"
+        line = lines.get(model)
+        if line is None:
+            line = lines[model] = CostLine(stage, model)
+        line.add(prompt, completion, usd)
     return [lines[m].to_dict() for m in sorted(lines)]
 
 
 def summarize_table(table: pa.Table, stage: str) -> list[dict]:
-    """Summary of a RATINGS (judge_model) or COMPLETIONS (model) table."""
+    """Summary of a RATINGS (judge_model) or COMPLETIONS (model) table.
+
+    Column by column rather than a dict per row: the rate stage summarizes every ratings
+    row of the run (1.3 million at full scale)."""
     model_key = "judge_model" if "judge_model" in table.column_names else "model"
-    cols = [c for c in (model_key, "prompt_tokens", "completion_tokens", "cost_usd", "request_id")
-            if c in table.column_names]
-    return summarize(table.select(cols).to_pylist(), stage, model_key=model_key)
+    none = [None] * table.num_rows
+    cols = [table.column(c).to_pylist() if c in table.column_names else none
+            for c in (model_key, "prompt_tokens", "completion_tokens", "cost_usd", "request_id")]
+    return _summarize(zip(*cols), stage)
 
 
 def merge(*summaries: Iterable[dict]) -> list[dict]:

@@ -30,8 +30,25 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import orjson
+
 from storage.keys import stable_hash
 from tasks.backends.base import Backend, BatchRequest, BatchResult
+
+
+def _dumps(result: BatchResult) -> bytes:
+    """One journal line. orjson: about 5x faster than json, half a million answers at full scale."""
+    try:
+        return orjson.dumps(result)
+    except (orjson.JSONEncodeError, TypeError):  # what orjson refuses (NaN is fine, huge ints are not)
+        return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _loads(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)  # a line json wrote that orjson refuses (NaN); a torn line fails here too
 
 
 def journal_path(output_root: str, shard_id: str, journal_dir: str | None = None, stage: str = "rate") -> Path:
@@ -68,7 +85,7 @@ class Journal:
         with open(self.path, "rb") as fh:
             for raw in fh:
                 try:
-                    rec = json.loads(raw)
+                    rec = _loads(raw)
                     out[rec["custom_id"]] = rec
                 except (ValueError, KeyError, TypeError):
                     self.torn_lines += 1  # a write cut short by a crash
@@ -85,8 +102,7 @@ class Journal:
         return self
 
     def append(self, result: BatchResult) -> None:
-        line = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._fh.write(line.encode("utf-8"))
+        self._fh.write(_dumps(result) + b"\n")
         self._fh.flush()  # in the OS from here on: a killed process cannot lose it
         now = time.monotonic()
         if now - self._synced_at >= self.fsync_interval_s:

@@ -65,8 +65,13 @@ def _strip_value(value: str) -> str:
     return value.strip().strip("*_`\"'[]() \t")
 
 
+_PLAIN_RATINGS = {str(r): (float(r), False, None) for r in range(1, 6)}  # the common case, no regex
+
+
 def rating_value(value: str, aspect: str) -> tuple[float | None, bool, str | None]:
     """(rating, is_na, reason) for a 1-5 aspect rating such as `4`, `**4**`, `4/5`, `N/A`."""
+    if value in _PLAIN_RATINGS:
+        return _PLAIN_RATINGS[value]
     v = _strip_value(value)
     m = _NUMBER.match(v)
     if not m:
@@ -99,13 +104,18 @@ def score_value(value: str) -> tuple[float | None, str | None]:
     return num, None
 
 
+_BRACKET = re.compile(r"\[([^\]]*)\]")
+_DIGITS = re.compile(r"\d+")
+_NO_TYPES = re.compile(r"[\s\[\]\"'*_`(]*(none|n/?a)?[\s\[\]\"'*_`).]*", re.I)
+
+
 def types_value(value: str, aspect: str) -> tuple[list[str] | None, str | None]:
     """(types, reason) for `[1, 3]`, `1, 2`, `None`, `["2"]`; an empty list means None."""
     v = value.strip()
-    bracket = re.search(r"\[([^\]]*)\]", v)
-    nums = re.findall(r"\d+", bracket.group(1) if bracket else v)
+    bracket = _BRACKET.search(v)
+    nums = _DIGITS.findall(bracket.group(1) if bracket else v)
     if not nums:
-        if re.fullmatch(r"[\s\[\]\"'*_`(]*(none|n/?a)?[\s\[\]\"'*_`).]*", v, re.I) and v:
+        if _NO_TYPES.fullmatch(v) and v:
             return [], None
         return None, f"type list {v[:40]!r} is unreadable"
     bad = [n for n in nums if n not in TYPE_CHOICES[aspect]]
@@ -205,10 +215,15 @@ def parse_aspect_text(answer: str | None, aspect: str, n: int) -> ParsedAnswer:
     return ParsedAnswer(items)
 
 
+_JSON_FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
+
+
 def _load_json(answer: str | None) -> tuple[object, str | None]:
     if not answer or not answer.strip():
         return None, "the answer is empty"
-    text = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", answer.strip())
+    text = answer.strip()
+    if "```" in text:  # a fenced answer; a plain JSON answer (the common case) skips the regex
+        text = _JSON_FENCE.sub("", text)
     try:
         return json.loads(text), None
     except json.JSONDecodeError as exc:

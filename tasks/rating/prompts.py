@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from tasks.rating import rubrics
@@ -26,10 +27,14 @@ NO_KNOWLEDGE = "No additional world knowledge."
 FALSE_PREMISE = "The question is based on a false premise."
 
 
+_FENCE_TAG = re.compile(r"<\s*(/?)\s*(text|response|instruction)\b", re.I)
+
+
 def _clean(text: str) -> str:
     """Keep an instruction or reference from opening or closing our fences."""
-    text = re.sub(r"<\s*(/?)\s*(text|response|instruction)\b", r"< \1\2", text, flags=re.I)
-    return text
+    if "<" not in text:  # nothing to neutralise (most texts): skip the regex pass
+        return text
+    return _FENCE_TAG.sub(r"< \1\2", text)
 
 
 def _answers(values: Sequence[str] | None) -> list[str]:
@@ -118,7 +123,31 @@ def request_id(body: Mapping[str, Any]) -> str:
     """Deterministic id of a judge request: hash of model, messages and every parameter.
 
     Equal to `"rq-" + stable_hash(dict(body), length=32)`, computed without its generic
-    walk over the value: a body is plain JSON (string keys), and this runs once per judge
-    request (half a million times at full scale)."""
+    walk over the value: a body is plain JSON (string keys)."""
     blob = json.dumps([dict(body)], sort_keys=True, ensure_ascii=False)
     return "rq-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+_USER_MARK = "\x00user\x00"  # no rendered system prompt, model name or schema holds a NUL
+
+
+@lru_cache(maxsize=256, typed=True)  # typed: 0 and 0.0 render differently
+def _id_frame(model: str, aspect: str, n: int, mode: str, temperature: float, top_p: float, max_tokens: int):
+    """The hash state after the body's JSON up to the user message, and the JSON after it."""
+    body = request_body(model, _USER_MARK, aspect, n, mode, temperature=temperature, top_p=top_p,
+                        max_tokens=max_tokens)
+    head, tail = json.dumps([body], sort_keys=True, ensure_ascii=False).split(json.dumps(_USER_MARK), 1)
+    return hashlib.sha256(head.encode("utf-8")), tail.encode("utf-8")
+
+
+def body_and_id(model: str, user: str, aspect: str, n: int, mode: str, *, temperature: float, top_p: float,
+                max_tokens: int) -> tuple[dict[str, Any], str]:
+    """`request_body(...)` and its `request_id`, the id hashed from a cached frame around the user
+    message: only the message is encoded per request (half a million times at full scale),
+    not the system prompt and schema. Same value as `request_id(body)` (tests check it)."""
+    body = request_body(model, user, aspect, n, mode, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    head, tail = _id_frame(model, aspect, n, mode, temperature, top_p, max_tokens)
+    h = head.copy()
+    h.update(json.dumps(user, ensure_ascii=False).encode("utf-8"))
+    h.update(tail)
+    return body, "rq-" + h.hexdigest()[:32]

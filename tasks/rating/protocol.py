@@ -13,6 +13,7 @@ fencing and the JSON schemas are defined exactly once.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 TYPED_ASPECTS = ("truthfulness", "helpfulness")  # these carry a Type list
@@ -37,8 +38,13 @@ def find_aspect(user_message: str) -> str | None:
     return m.group(1) if m else None
 
 
+_CLOSING = {tag: re.compile(rf"</\s*{tag}\s*>", re.I) for tag in ("text", "response")}
+
+
 def _neutralise(content: str, tag: str) -> str:
-    return re.sub(rf"</\s*{tag}\s*>", f"</ {tag}>", content, flags=re.I)
+    if "</" not in content:  # no closing tag possible (most texts): skip the regex pass
+        return content
+    return _CLOSING[tag].sub(f"</ {tag}>", content)
 
 
 def fence_text(index: int, content: str) -> str:
@@ -101,5 +107,11 @@ def critique_schema() -> dict:
 
 
 def response_format(aspect: str, n_texts: int = 1) -> dict:
+    """The `response_format` of one call; one shared object per (aspect, n): read, never change it."""
+    return _response_format(aspect, n_texts)
+
+
+@lru_cache(maxsize=64)  # built once per (aspect, n), not per judge call
+def _response_format(aspect: str, n_texts: int) -> dict:
     schema = critique_schema() if aspect == CRITIQUE else aspect_schema(aspect, n_texts)
     return {"type": "json_schema", "json_schema": {"name": f"ultrafeedback_{aspect}", "schema": schema, "strict": True}}

@@ -112,10 +112,11 @@ def build_calls(instructions: pa.Table, completions: pa.Table, cfg: RatingConfig
     return calls, skipped
 
 
-def _body(call: Call, cfg: RatingConfig, note: str | None = None) -> dict[str, Any]:
+def _body(call: Call, cfg: RatingConfig, note: str | None = None) -> tuple[dict[str, Any], str]:
+    """The request body and its request id."""
     user = call.user if note is None else f"{call.user}\n\n{note}"
     ep = cfg.endpoint
-    return prompts.request_body(
+    return prompts.body_and_id(
         ep.request_model, user, call.aspect, len(call.members), ep.answer_mode, temperature=cfg.temperature,
         top_p=cfg.top_p, max_tokens=cfg.critique_max_tokens if call.aspect == CRITIQUE else cfg.max_tokens)
 
@@ -169,8 +170,7 @@ def rate_shard(instructions: pa.Table, completions: pa.Table, cfg: RatingConfig,
             bodies = {}
             for call in pending:
                 note = None if attempt == 0 else prompts.reask_note(call.parsed.reason or "unreadable", attempt + 1)
-                body = _body(call, cfg, note)
-                call.request_id = prompts.request_id(body)
+                body, call.request_id = _body(call, cfg, note)
                 bodies[call.request_id] = body
             stats.requests += len(pending)
             stats.reasks += len(pending) if attempt else 0
