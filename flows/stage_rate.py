@@ -32,6 +32,7 @@ from storage.keys import code_version, shard_key
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import InputError
 from tasks.rating.cost import format_summary, merge, summarize_table
+from tasks.backends.batch_state import state_path
 from tasks.rating.journal import Journal, journal_path
 from tasks.rating.judges import close_engines, open_judge
 from tasks.rating.stage import rate_shard
@@ -48,7 +49,7 @@ def _code() -> str:
 def key_config(cfg) -> dict:
     """The settings that change a shard's ratings (limits, timeouts, URLs do not)."""
     r, ep = cfg.rating, cfg.rating.endpoint
-    price = r.price(ep.model)
+    price = r.price(ep.model, ep.mode)
     return {
         "seed": cfg.seed,
         "judge": ep.model_dump(mode="json", include={"kind", "model", "deployment", "answer_mode", "engine_model"}),
@@ -78,7 +79,7 @@ def rate_one(cfg, instr: ShardRef, comp: ShardRef, key: str) -> dict:
     if existing is not None:
         return {"ref": existing, "action": "kept", "stats": None}
     journal = Journal(journal_path(cfg.output, comp.shard_id, cfg.rating.journal_dir, STAGE))
-    judge = open_judge(cfg.rating.endpoint, _log_dir(store))
+    judge = open_judge(cfg.rating.endpoint, _log_dir(store), state_path(journal.path))
     table, stats = rate_shard(store.read_shard(instr), store.read_shard(comp), cfg.rating, cfg.seed, judge, journal)
     ref = store.write_shard(STAGE, comp.shard_id, table, "ratings", key)
     cost = "unpriced" if stats.cost_usd is None else f"{stats.cost_usd:.4f} USD"
