@@ -42,6 +42,15 @@ SUBSETS = [  # (config name, [(split, glob)], schema)
 ]
 
 
+def _batch_spend(stats, config: dict) -> list[str]:
+    """The batch-mode spend against the realtime price, under the cost table (none in realtime mode)."""
+    from tasks.rating.cost import batch_spend_note
+
+    rate = stats.cost[stats.cost["stage"] == "rate"].to_dict("records")
+    note = batch_spend_note(rate[0], config.get("rating") or {}) if rate else None
+    return [f"\n{note}\n"] if note else []
+
+
 def present_subsets(files: list[str]) -> list[tuple[str, list[tuple[str, str]], str]]:
     """SUBSETS reduced to the splits that have at least one file."""
     out = []
@@ -167,6 +176,7 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "\n### Aspect correlation\n", table(stats.correlation),
         "\n## Cost\n", "Calls: generation requests, and judge calls (one per instruction and aspect, one per critique). "
         "Judge tokens and dollars are counted once per call, re-asks included.\n", table(stats.cost),
+        *_batch_spend(stats, config),
         "\n## Preference pairs\n", _pairs_section(pair_stats, config.get("publish", {})),
     ]
     if position_bias is not None:
