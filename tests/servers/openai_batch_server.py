@@ -16,8 +16,8 @@ Validation (at the end of validating): each line JSON with a unique custom_id, m
 the batch's url, one model, within `max_lines`/`max_bytes`; else status `failed` with
 `errors.data` (line, code, message). Faults: {"kind": "expire", "answer": N} (N lines
 answered, the rest in the error file as `batch_expired`), {"kind": "line_errors", "count":
-N, "status": 500}, {"kind": "hold"} (in_progress until /_batch_release), {"kind": "reject"}
-(fails validation). Cancel: `cancelling`, then `cancelled` with the first half answered and
+N, "status": 500}, {"kind": "malformed", "count": N} (N answers in no judge format),
+{"kind": "hold"} (in_progress until /_batch_release), {"kind": "reject"} (fails validation). Cancel: `cancelling`, then `cancelled` with the first half answered and
 the rest absent from both files. `upload_delay_s`, `create_delay_s` and `download_delay_s`
 keep a response back after its effect took place, so a kill can land in that window.
 """
@@ -159,6 +159,7 @@ class BatchJudgeServer(JudgeServer):
         obj, inner = self.batches[bid], self.internal[bid]
         fault = inner["fault"] or {}
         bad = int(fault.get("count", 0)) if fault.get("kind") == "line_errors" else 0
+        unreadable = int(fault.get("count", 0)) if fault.get("kind") == "malformed" else 0
         out, err, done, failed = [], [], 0, 0
         for i, rec in enumerate(inner["lines"]):
             rid = f"req_{bid}_{i}"
@@ -178,7 +179,8 @@ class BatchJudgeServer(JudgeServer):
                 failed += 1
                 continue
             out.append({"id": f"batch_req_{bid}_{i}", "custom_id": rec["custom_id"], "error": None,
-                        "response": {"status_code": 200, "request_id": rid, "body": self.answer(rec["body"])}})
+                        "response": {"status_code": 200, "request_id": rid,
+                                     "body": self.answer(rec["body"], malformed=i < unreadable)}})
             done += 1
         now = int(time.time())
         obj["request_counts"] = {"total": len(inner["lines"]), "completed": done, "failed": failed}
@@ -188,12 +190,14 @@ class BatchJudgeServer(JudgeServer):
             obj["error_file_id"] = self.add_file(f"{bid}_error.jsonl", "batch_output", _jsonl(err))["id"]
         obj.update(status=status, **{f"{status}_at": now})
 
-    def answer(self, body: dict) -> dict:
+    def answer(self, body: dict, malformed: bool = False) -> dict:
         """One line's chat.completion, counted like a realtime answer (fingerprint, tokens)."""
         fp = request_fingerprint(body)
         self.state.receive(fp)
         messages = body.get("messages") or []
         content = scripted_answer(messages, body.get("response_format"), self.rationale_words, self.completion_words)
+        if malformed:  # the realtime server's `malformed` fault: an answer in no judge format
+            content = "I am sorry, I would rather not grade these texts.\n\nScore somewhere around good-ish."
         p_tok, c_tok = prompt_tokens(messages), count_tokens(content)
         usage = {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok}
         self.state.done(fp, 200, None, body.get("model"), usage)
