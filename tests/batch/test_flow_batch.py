@@ -16,9 +16,9 @@ from tests.ops.helpers import published_tables, scripted
 pytestmark = pytest.mark.http
 
 
-def config(out, url: str, mode: str, max_wait_s: float = 30.0):
-    gen = [f"{{name: http-{m}, serve: openai, model: gen-{m}, base_url: '{url}', concurrency: 2}}"
-           for m in ("alpha", "beta")]
+def config(out, url: str, mode: str, max_wait_s: float = 30.0, gen_mode: str = "realtime"):
+    gen = [f"{{name: http-{m}, serve: openai, model: gen-{m}, base_url: '{url}', concurrency: 2, mode: {gen_mode}, "
+           "batch: {poll_interval_s: 0.05, max_wait_s: 30}}" for m in ("alpha", "beta")]
     judge = (f"[{{name: judge, kind: openai_compatible, model: judge, base_url: '{url}', answer_mode: text, "
              f"mode: {mode}, batch: {{poll_interval_s: 0.05, max_wait_s: {max_wait_s}}}}}]")
     return scripted(out, "generation.k=2", f"generation.models=[{', '.join(gen)}]", f"rating.endpoints={judge}",
@@ -61,3 +61,12 @@ def test_realtime_generation_with_a_batch_judge_and_batches_left_in_flight(prefe
     assert comparable(published_tables(tmp_path / "late")) == comparable(expected)
     assert status_data(str(tmp_path / "late"))["batches_in_flight"] == []
     json.dumps(flight)  # the status view is plain JSON (the CLI prints it with --json)
+
+
+def test_generation_through_the_batch_api_gives_the_realtime_completions(prefect_harness, batch_server, tmp_path):
+    ultrafeedback(config=config(tmp_path / "rt", batch_server.url, "realtime"))
+    before = control(batch_server.url, "/_batch_stats")["creates"]
+    out = ultrafeedback(config=config(tmp_path / "b", batch_server.url, "realtime", gen_mode="batch"))
+    assert out["stages"]["generate"]["shards"]["failed"] == 0
+    assert control(batch_server.url, "/_batch_stats")["creates"] == before + 2  # one batch per pool entry
+    assert comparable(published_tables(tmp_path / "b")) == comparable(published_tables(tmp_path / "rt"))
