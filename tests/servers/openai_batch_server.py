@@ -24,15 +24,20 @@ keep a response back after its effect took place, so a kill can land in that win
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from email import policy
 from email.parser import BytesParser
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from tests.servers.openai_server import JudgeServer, _Handler, count_tokens, prompt_tokens
-from tests.servers.scripted import scripted_answer
-from tests.servers.server_state import request_fingerprint
+if __package__ in (None, ""):  # run as a script: make `tests.servers` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.servers.openai_server import JudgeServer, _Handler, count_tokens, prompt_tokens  # noqa: E402
+from tests.servers.scripted import scripted_answer  # noqa: E402
+from tests.servers.server_state import request_fingerprint  # noqa: E402
 
 _STEPS = ["validating", "in_progress", "finalizing", "completed"]
 
@@ -52,7 +57,7 @@ class BatchJudgeServer(JudgeServer):
         self.internal: dict[str, dict] = {}
         self.batch_faults: list[dict] = []
         self.counters = {"uploads": 0, "creates": 0, "retrieves": 0, "lists": 0, "downloads": 0, "cancels": 0,
-                         "downloads_started": 0, "lines_answered": 0}
+                         "downloads_started": 0, "lines_answered": 0, "uploaded_bytes": 0}
 
     # --- batch engine ----------------------------------------------------------------------
     def _new_id(self, prefix: str, table: dict) -> str:
@@ -302,6 +307,7 @@ class _BatchHandler(_Handler):
             with srv.block:
                 obj = srv.add_file(name or "upload.jsonl", purpose, data)
                 srv.counters["uploads"] += 1
+                srv.counters["uploaded_bytes"] += len(data)
             self._wait(srv.upload_delay_s)
             return self._send(200, obj)
         with srv.block:
@@ -328,3 +334,26 @@ def _page(rows: list[dict], q: dict) -> dict:
     page = rows[:limit]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None, "has_more": len(rows) > limit}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python tests/servers/openai_batch_server.py --port 0` prints its URL and serves (benches)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="OpenAI Files + Batches test server")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--polls-per-status", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=3600.0)
+    args = ap.parse_args(argv)
+    srv = BatchJudgeServer(args.port, polls_per_status=args.polls_per_status).start()
+    print(srv.url, flush=True)
+    try:
+        srv.stopping.wait(args.max_seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()
