@@ -132,7 +132,6 @@ def cmd_status(args) -> int:
         return 0
     if not data["stages"]:
         print(f"{args.out}: no stages yet")
-        return 0
     for stage, info in data["stages"].items():
         counts = ", ".join(f"{n} {k}" for k, n in sorted(info["counts"].items()))
         print(f"{stage:10s} {counts}; {info['rows']} rows")

@@ -90,3 +90,26 @@ def test_message_batches_at_half_price_and_expired_requests_resubmitted(anthropi
     first, second = stats(anthropic_server)["batches"]
     assert first["request_counts"]["expired"] == 5 and first["request_counts"]["succeeded"] == 19
     assert second["request_counts"]["succeeded"] == 5  # only the expired ones went again
+
+
+def test_a_lost_message_batch_create_is_adopted_not_repeated(anthropic_server, shard, tmp_path):
+    """A kill after Anthropic created the batch but before its id was recorded: the rerun
+    finds it by listing (same request count, created since the intent)."""
+    from tasks.backends.anthropic_messages import MessageBatchAPI, anthropic_client
+    from tasks.backends.batch_state import BatchState
+    from tasks.rating.stage import _body, build_calls
+    from tasks.rating import prompts
+
+    cfg = RatingConfig.model_validate({"endpoints": [{"name": "judge", "kind": "anthropic", "model": "claude-test",
+                                                      "api_key_env": "UF_TEST_ANTHROPIC_KEY", "answer_mode": "text"}],
+                                       "judge": "judge"})
+    bodies = {prompts.request_id(b): b for b in (_body(c, cfg) for c in build_calls(*shard, cfg, 42)[0])}
+    record = state_path(tmp_path / "j.jsonl")
+    group = BatchState(record).intend(list(bodies), 0)  # what the killed process had written
+    api = MessageBatchAPI(anthropic_client(anthropic_server.url, "sk-ant-test"), "claude")
+    api.submit(group, [api.encode({"custom_id": cid, "method": "POST", "url": "", "body": b})
+                       for cid, b in bodies.items()], BatchState(record))  # ...and what the provider got
+    table, st = rate(shard, tmp_path, "anthropic", anthropic_server.url, mode="batch")
+    s = stats(anthropic_server)
+    assert s["batch_creates"] == 1 and s["answered"] == 24 and s["duplicates"] == []
+    assert table.num_rows == 60 and st.sent == 24

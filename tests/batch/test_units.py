@@ -96,3 +96,16 @@ def test_openai_bodies_map_onto_messages_and_back(mode):
     assert parsed.ok and [j.rating for j in parsed.items][0] == 4 and parsed.items[1].na
     cut = to_completion({"content": content, "stop_reason": "max_tokens", "usage": {}})
     assert cut["choices"][0]["finish_reason"] == "length"
+
+
+def test_status_lists_batches_in_flight(tmp_path, capsys):
+    from flows.cli import main
+
+    st = BatchState(tmp_path / "journal" / "rate" / "flan-00000.batches.jsonl")
+    g = st.intend(["rq-a", "rq-b", "rq-c"], 0)
+    st.created(g, "batch_42")
+    st.seen(g, {"status": "in_progress", "total": 3, "completed": 1, "failed": 0})
+    assert main(["status", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "provider batches in flight: 1" in out
+    assert "flan-00000: batch_42 in_progress, 3 requests, 1 completed, 0 failed" in out
