@@ -10,9 +10,9 @@ one forced tool (`tool_choice` = that tool) whose input is the answer; the tool 
 handed on as the answer's JSON text. `stop_reason` max_tokens -> finish_reason "length";
 `usage.input_tokens`/`output_tokens` -> prompt/completion tokens.
 
-Realtime (`AnthropicMessagesBackend`): up to `max_concurrency` requests in flight; the
-`anthropic-ratelimit-*-remaining`/`-reset` headers pause every request of the endpoint
-until the reset when a limit is used up; 429 and 529 (overloaded) wait `retry-after` (else
+Realtime (`AnthropicMessagesBackend`): up to `max_concurrency` requests in flight, within
+the budget the `anthropic-ratelimit-*-remaining` headers leave; when it is used up every
+request of the endpoint waits for the `-reset` time, then a single probe goes first; 429 and 529 (overloaded) wait `retry-after` (else
 a growing backoff) and are retried until `max_rate_limit_wait_s`, then become transient
 error results; other 4xx are permanent error results; 401/403 raise InputError. The SDK's
 own retries are off so that waits happen in one place.
@@ -86,27 +86,58 @@ def anthropic_client(base_url: str | None, key: str | None, timeout_s: float = 1
 
 # --- realtime -----------------------------------------------------------------------------
 class _Gate:
-    """One pause shared by every request of an endpoint (rate limit used up, 429, 529)."""
+    """Request budget of an endpoint, shared by its requests.
+
+    `remaining` is what the last answer's anthropic-ratelimit-*-remaining headers left
+    (minus requests sent since); at 0, requests wait for the `-reset` time (or a 429/529's
+    retry-after), then one probe goes first and its headers say how many may follow, so a
+    pause does not end in a burst that the provider refuses again."""
 
     def __init__(self) -> None:
-        self.until, self.lock = 0.0, threading.Lock()
+        self.cond = threading.Condition()
+        self.remaining: int | None = None  # None: unknown, no limit seen yet
+        self.reset_at = 0.0
+        self.in_flight = 0
+
+    def acquire(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                if self.remaining is None or self.remaining > 0:
+                    self.remaining = None if self.remaining is None else self.remaining - 1
+                    break
+                if now >= self.reset_at:
+                    self.reset_at = now + 1.0  # the probe; others wait for its headers (or 1 s)
+                    break
+                self.cond.wait(self.reset_at - now)
+            self.in_flight += 1
+
+    def release(self) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.cond.notify_all()
 
     def pause(self, seconds: float) -> None:
-        with self.lock:
-            self.until = max(self.until, time.monotonic() + seconds)
-
-    def wait(self) -> None:
-        delay = self.until - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        with self.cond:
+            self.remaining, self.reset_at = 0, max(self.reset_at, time.monotonic() + seconds)
 
     def learn(self, headers: Any) -> None:
-        """Pause until the reset when the requests or tokens left in the window reach zero."""
+        """Adopt the tightest of the requests / tokens budgets the answer reports."""
+        budgets = []
         for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
             left, reset = headers.get(f"anthropic-ratelimit-{kind}-remaining"), \
                 headers.get(f"anthropic-ratelimit-{kind}-reset")
-            if left is not None and reset and int(left) <= 0:
-                self.pause(max(0.0, datetime.fromisoformat(reset.replace("Z", "+00:00")).timestamp() - time.time()))
+            if left is not None and reset:
+                at = datetime.fromisoformat(reset.replace("Z", "+00:00")).timestamp() - time.time()
+                budgets.append((int(left) if kind == "requests" else (1 if int(left) > 0 else 0), at))
+        if not budgets:
+            return
+        left, reset_in = min(budgets)
+        with self.cond:
+            self.remaining = max(0, left - (self.in_flight - 1))
+            if self.remaining == 0:
+                self.reset_at = time.monotonic() + max(0.0, reset_in)
+            self.cond.notify_all()
 
 
 class AnthropicMessagesBackend:
@@ -148,10 +179,11 @@ class AnthropicMessagesBackend:
         sampling = {k: params.pop(k) for k in ("temperature", "top_p") if k in params}
         tries = 0
         while True:
-            self.gate.wait()
+            self.gate.acquire()
             try:
                 raw = self._client.messages.with_raw_response.create(**params, extra_body=sampling or None)
             except anthropic.APIStatusError as exc:
+                self.gate.release()
                 status = exc.status_code
                 if status in (401, 403):
                     raise InputError(f"anthropic endpoint {self.endpoint.name!r} refused the key from "
@@ -167,12 +199,14 @@ class AnthropicMessagesBackend:
                               else exc)[:500]
                 return result_error(cid, str(status), message, time.monotonic() - t0)
             except anthropic.APIConnectionError as exc:
+                self.gate.release()
                 tries += 1
                 if tries <= 3:
                     time.sleep(0.5 * 2 ** tries)
                     continue
                 return result_error(cid, "connection_error", str(exc)[:500], time.monotonic() - t0)
             self.gate.learn(raw.headers)
+            self.gate.release()
             message = raw.parse().model_dump(mode="json")
             return result_ok(cid, to_completion(message), time.monotonic() - t0)
 

@@ -75,6 +75,20 @@ def test_overloaded_and_rate_limited_requests_are_retried(anthropic_server, shar
     assert s["answered"] == 24 and s["duplicates"] == [] and table.num_rows == 60
 
 
+def test_ratelimit_headers_pause_the_endpoint(shard, tmp_path):
+    """30 requests per 6 s scaled minute (5 in a burst) against 16 in flight: the
+    anthropic-ratelimit-* headers and retry-after keep it to a few 429s, and every request
+    is answered once."""
+    srv = AnthropicServer(api_key="sk-ant-test", rpm=30, window_s=6.0).start()
+    try:
+        table, st = rate(shard, tmp_path, "anthropic", srv.url)
+        s = stats(srv)
+    finally:
+        srv.stop()
+    assert table.num_rows == 60 and s["answered"] == 24 and s["duplicates"] == []
+    assert s["rate_limited"] <= 6, s["rate_limited"]  # without the pause: about one per request beyond the burst
+
+
 def test_a_missing_key_names_its_variable(anthropic_server, shard, tmp_path, monkeypatch):
     monkeypatch.delenv("UF_TEST_ANTHROPIC_KEY")
     with pytest.raises(InputError, match="UF_TEST_ANTHROPIC_KEY"):
