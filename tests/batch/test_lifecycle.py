@@ -148,3 +148,25 @@ def test_in_flight_batches_are_collected_by_a_later_backend(batch_server_factory
     got = run(srv, tmp_path, reqs)  # a new process: adopts the recorded batch, creates nothing
     assert len(got) == 24 and control(srv.url, "/_batch_stats")["creates"] == 1
     assert in_flight([tmp_path / "s.batches.jsonl"]) == []
+
+
+def test_azure_openai_batch_paths_and_deployment(batch_server, shard, tmp_path, monkeypatch):
+    """kind azure: AzureOpenAI client (api-key header, /openai/... paths, api-version), lines
+    with url /chat/completions and the deployment as the model."""
+    from tasks.backends.batch_state import state_path
+    from tasks.rating.config import JudgeEndpoint
+    from tasks.rating.judges import open_judge
+
+    monkeypatch.setenv("UF_TEST_AZURE_KEY", "azure-key")
+    batch_server.api_key = "azure-key"
+    ep = JudgeEndpoint(name="az", kind="azure", model="gpt-4o", deployment="my-gpt4o", api_version="2024-10-21",
+                       base_url=batch_server.url.rsplit("/v1", 1)[0], api_key_env="UF_TEST_AZURE_KEY", mode="batch",
+                       batch={"poll_interval_s": 0.02, "max_wait_s": 10})
+    reqs = [{**r, "body": {**r["body"], "model": ep.request_model}} for r in judge_requests(shard)]
+    with open_judge(ep, str(tmp_path), state_path(tmp_path / "j.jsonl")) as be:
+        got = {r["custom_id"]: r for r in be.run(reqs)}
+    assert len(got) == 24 and all(message_text(r) for r in got.values())
+    (batch,) = control(batch_server.url, "/_batch_stats")["batches"]
+    assert batch["endpoint"] == "/chat/completions"
+    lines = [json.loads(x) for x in batch_server.file_data[batch["input_file_id"]].splitlines()]
+    assert {(x["url"], x["body"]["model"]) for x in lines} == {("/chat/completions", "my-gpt4o")}

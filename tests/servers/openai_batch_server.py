@@ -3,7 +3,8 @@
 Inputs: the endpoints of OpenAI's Batch API as documented (platform.openai.com/docs/api-reference/batch
 and /files): POST /v1/files (multipart, purpose=batch), GET /v1/files, GET /v1/files/{id},
 GET /v1/files/{id}/content, POST /v1/batches, GET /v1/batches (newest first, `after`, `limit`),
-GET /v1/batches/{id}, POST /v1/batches/{id}/cancel; plus the realtime routes of JudgeServer.
+GET /v1/batches/{id}, POST /v1/batches/{id}/cancel (also under Azure's /openai/ prefix);
+plus the realtime routes of JudgeServer.
 Controls: POST /_batch_faults (applied to the next created batches, in order), POST
 /_batch_release (let held batches go on), GET /_batch_stats. Outputs: batch objects with
 `request_counts`, output and error files in the documented line shape, answers from the same
@@ -63,6 +64,12 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, byt
 
 class _BatchHandler(_Handler):
     server: BatchJudgeServer
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.path.startswith(("/openai/files", "/openai/batches")):
+            self.path = "/v1" + self.path[len("/openai"):]  # Azure OpenAI's paths (?api-version=...)
+        return ok
 
     def _raw_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
