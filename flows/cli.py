@@ -132,7 +132,19 @@ def status_data(out: str) -> dict:
         for st in shards.values():
             counts[st["state"]] = counts.get(st["state"], 0) + 1
         stages[stage] = {"counts": counts, "rows": sum(s.get("rows", 0) for s in shards.values()), "shards": shards}
-    return {"output": out, "stages": stages}
+    return {"output": out, "stages": stages, "batches_in_flight": _batches_in_flight(out)}
+
+
+def _batches_in_flight(out: str) -> list[dict]:
+    """Open provider batches recorded beside the rate journals of a local output root."""
+    from pathlib import Path
+
+    from tasks.backends.batch_state import in_flight
+
+    root = Path(out[len("file://"):] if out.startswith("file://") else out)
+    if "://" in out and not out.startswith("file://"):
+        return []  # remote roots keep journals in a local cache folder; `rating.journal_dir` names it
+    return in_flight(sorted((root / "journal" / "rate").glob("*.batches.jsonl")))
 
 
 def cmd_status(args, server=None) -> int:
@@ -142,13 +154,18 @@ def cmd_status(args, server=None) -> int:
         return 0
     if not data["stages"]:
         print(f"{args.out}: no stages yet")
-        return 0
     for stage, info in data["stages"].items():
         counts = ", ".join(f"{n} {k}" for k, n in sorted(info["counts"].items()))
         print(f"{stage:10s} {counts}; {info['rows']} rows")
         for shard_id, st in info["shards"].items():
             if st["state"] != "done":
                 print(f"  {shard_id}: {st['state']}" + (f" ({st['error']})" if st.get("error") else ""))
+    flight = data.get("batches_in_flight") or []
+    if flight:
+        print(f"provider batches in flight: {len(flight)} (a later run collects them)")
+        for b in flight:
+            print(f"  {b['shard']}: {b['batch_id'] or '(being submitted)'} {b['status']}, {b['requests']} requests, "
+                  f"{b['completed'] or 0} completed, {b['failed'] or 0} failed, age {b['age_s']} s")
     return 0
 
 

@@ -53,8 +53,12 @@ def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], 
 
     Returns the finished refs (plan order) and counts {written, kept, cached, failed}.
     A failed shard is recorded with a `.failed` marker and left for a backfill; the
-    other shards still complete.
+    other shards still complete. A shard whose requests wait in provider batches
+    (BatchInFlight) is not failed: it stays pending, counted as `in_flight`, for a later
+    run to collect.
     """
+    from tasks.errors import BatchInFlight
+
     from flows.progress import track
 
     counts = {"written": 0, "kept": 0, "cached": 0, "failed": 0}
@@ -68,6 +72,9 @@ def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], 
             counts["failed"] += 1
             try:
                 state.result()
+            except BatchInFlight:
+                counts["failed"] -= 1
+                counts["in_flight"] = counts.get("in_flight", 0) + 1
             except Exception as exc:  # the shard's own error, kept for status/backfill
                 store.mark_failed(stage, shard_ids[i], f"{type(exc).__name__}: {exc}")
             continue

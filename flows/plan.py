@@ -273,7 +273,7 @@ def format_plan(plan: Plan) -> str:
     j = plan.judge
     lines += ["", f"rate: {plan.total_judge_calls:,} judge calls to {j['model']} ({j['kind']}, {j['answer_mode']} mode)"]
     lines += [f"  {aspect:24s} {n:,}" for aspect, n in plan.judge_calls.items()]
-    lines += ["", f"cost (realtime / batch at {plan.total_usd['batch_factor']:g}x list):"]
+    lines += ["", f"cost (realtime / batch; batch prices default to {plan.total_usd['batch_factor']:g}x list):"]
     for c in plan.costs:
         lines.append(f"  {c['stage']:8s} {c['model']:36s} {c['requests']:>9,} req {c['prompt_tokens']:>13,} in "
                      f"{c['completion_tokens']:>12,} out  {_usd(c['realtime_usd']):>14s} / {_usd(c['batch_usd'])}")

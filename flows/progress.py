@@ -81,7 +81,8 @@ def artifact_key(run_name: str, suffix: str) -> str:
 def describe(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {label}" for label, n in (
         ("written", counts.get("written", 0)), ("unchanged", counts.get("kept", 0)),
-        ("cached", counts.get("cached", 0)), ("failed", counts.get("failed", 0))) if n)
+        ("cached", counts.get("cached", 0)), ("failed", counts.get("failed", 0)),
+        ("in provider batches", counts.get("in_flight", 0))) if n)
 
 
 class StageProgress:
@@ -95,7 +96,7 @@ class StageProgress:
         _emit("stage_started", stage, total)
 
     def update(self, counts: dict[str, int], final: bool = False) -> None:
-        self.done = sum(counts.get(k, 0) for k in ("written", "kept", "cached", "failed"))
+        self.done = sum(counts.get(k, 0) for k in ("written", "kept", "cached", "failed", "in_flight"))
         _emit("shard_finished", self.stage, self.done, self.total, dict(counts))
         now = time.monotonic()
         if self.artifact_id is not None and (final or now - self._last >= UPDATE_EVERY_S):

@@ -31,7 +31,8 @@ from flows.common import StageResult, collect, key_from_param, logger, result_st
 from storage.keys import code_version, shard_key
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import InputError
-from tasks.rating.cost import format_summary, merge, summarize_table
+from tasks.rating.cost import format_summary, merge, summarize_table, with_realtime_equivalent
+from tasks.backends.batch_state import state_path
 from tasks.rating.journal import Journal, journal_path
 from tasks.rating.judges import close_engines, open_judge
 from tasks.rating.stage import rate_shard
@@ -48,7 +49,7 @@ def _code() -> str:
 def key_config(cfg) -> dict:
     """The settings that change a shard's ratings (limits, timeouts, URLs do not)."""
     r, ep = cfg.rating, cfg.rating.endpoint
-    price = r.price(ep.model)
+    price = r.price(ep.model, ep.mode)
     return {
         "seed": cfg.seed,
         "judge": ep.model_dump(mode="json", include={"kind", "model", "deployment", "answer_mode", "engine_model"}),
@@ -78,7 +79,7 @@ def rate_one(cfg, instr: ShardRef, comp: ShardRef, key: str) -> dict:
     if existing is not None:
         return {"ref": existing, "action": "kept", "stats": None}
     journal = Journal(journal_path(cfg.output, comp.shard_id, cfg.rating.journal_dir, STAGE))
-    judge = open_judge(cfg.rating.endpoint, _log_dir(store))
+    judge = open_judge(cfg.rating.endpoint, _log_dir(store), state_path(journal.path))
     table, stats = rate_shard(store.read_shard(instr), store.read_shard(comp), cfg.rating, cfg.seed, judge, journal)
     ref = store.write_shard(STAGE, comp.shard_id, table, "ratings", key)
     cost = "unpriced" if stats.cost_usd is None else f"{stats.cost_usd:.4f} USD"
@@ -96,6 +97,23 @@ def _pairs(store: ShardStore, upstream: dict) -> list[tuple[ShardRef, ShardRef]]
     if missing:
         raise InputError(f"rate: completion shards {missing[:5]} have no finished instruction shard of the same id")
     return [(instr[c.shard_id], c) for c in comps]
+
+
+def batches_in_flight(cfg, shard_ids: list[str]) -> list[dict]:
+    """Open provider batches of these shards (id, status, counts, age), from their batch records."""
+    from tasks.backends.batch_state import in_flight
+
+    return in_flight(p for p in (state_path(journal_path(cfg.output, s, cfg.rating.journal_dir, STAGE))
+                                 for s in shard_ids) if p.exists())
+
+
+def _report_in_flight(cfg, rows: list[dict]) -> None:
+    from flows.progress import _artifact, artifact_key
+
+    _artifact("create_table_artifact", key=artifact_key(cfg.name, "batches-in-flight"), table=rows,
+              description=f"{cfg.name}: provider batches still running; a later run collects them")
+    logger().warning("rate: %d provider batch(es) still running (%s); their shards stay pending, rerun or "
+                     "backfill later to collect", len(rows), ", ".join(f"{r['batch_id']} {r['status']}" for r in rows[:5]))
 
 
 def summarize_stage(store: ShardStore, refs: list[ShardRef]) -> dict:
@@ -134,13 +152,19 @@ def run_rate(cfg, store: ShardStore, upstream: dict) -> StageResult:
     outs = [recomputed[i] if i in recomputed else f.state.result() if f.state.is_completed()
             and f.state.name != "Cached" else None for i, f in enumerate(futures)]
     this_run = [o["stats"] for o in outs if o and o.get("stats")]
+    flight = batches_in_flight(cfg, [c.shard_id for _, c in pairs])
+    if flight:
+        _report_in_flight(cfg, flight)
     summary = {"shards": counts, "ratings": sum(r.rows for r in refs),
                "judge": {"endpoint": cfg.rating.endpoint.name, "model": cfg.rating.endpoint.model,
-                         "answer_mode": cfg.rating.endpoint.answer_mode},
+                         "answer_mode": cfg.rating.endpoint.answer_mode, "mode": cfg.rating.endpoint.mode},
+               "batches_in_flight": flight,
                "requests_sent_this_run": sum(s["sent"] for s in this_run),
                "answered_from_journal_this_run": sum(s["from_journal"] for s in this_run),
                "reasks_this_run": sum(s["reasks"] for s in this_run),
                **summarize_stage(store, refs)}
+    if cfg.rating.endpoint.mode == "batch":
+        summary["cost"] = with_realtime_equivalent(summary["cost"], cfg.rating.prices, "batch")
     logger().info("rate: %d shards (%d written, %d unchanged, %d cached, %d failed), %d rating rows, %s\n%s",
                   len(pairs), counts["written"], counts["kept"], counts["cached"], counts["failed"],
                   summary["ratings"], summary["parse_status"], format_summary(summary["cost"]))

@@ -21,3 +21,14 @@ class EngineDiedError(TransientError):
 
 class RateLimitedError(TransientError):
     """The endpoint kept answering 429 past what the in-process limiter absorbs."""
+
+
+class BatchInFlight(UltraFeedbackError):
+    """Requests of a shard sit in provider batches that have not ended yet.
+
+    Not a failure and not retried in-process: the batch ids are recorded durably, the shard
+    stays pending, and a later run (or backfill, or schedule) collects the answers."""
+
+    def __init__(self, message: str, batches: list[dict] | None = None):
+        super().__init__(message)
+        self.batches = batches or []

@@ -39,6 +39,15 @@ SUBSETS = [  # (config name, [(split, glob)], schema); the pair sets follow (pai
 ]
 
 
+def _batch_spend(stats, config: dict) -> list[str]:
+    """The batch-mode spend against the realtime price, under the cost table (none in realtime mode)."""
+    from tasks.rating.cost import batch_spend_note
+
+    rate = stats.cost[stats.cost["stage"] == "rate"].to_dict("records")
+    note = batch_spend_note(rate[0], config.get("rating") or {}) if rate else None
+    return [f"\n{note}\n"] if note else []
+
+
 def _pair_sets(config: dict) -> dict[str, dict]:
     pairs = (config.get("publish") or {}).get("pairs")
     if pairs is None:
@@ -215,6 +224,7 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "\n### Aspect correlation\n", table(stats.correlation),
         "\n## Cost\n", "Calls: generation requests, and judge calls (one per instruction and aspect, one per critique). "
         "Judge tokens and dollars are counted once per call, re-asks included.\n", table(stats.cost),
+        *_batch_spend(stats, config),
         "\n## What the openbmb layout leaves out\n", LOSSY,
         "\n## Preference pairs\n", _pairs_section(pair_stats, config),
     ]

@@ -84,6 +84,23 @@ class EngineSettings(BaseModel):
         return self.python or default_engine_python()
 
 
+class BatchSettings(BaseModel):
+    """How requests go through a provider's Batch API (`mode: batch`); limits are per provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_lines: int | None = Field(None, ge=1, description="Requests per batch file; default: the provider's limit "
+                                  "(OpenAI/Azure 50,000, Anthropic 100,000)")
+    max_bytes: int | None = Field(None, ge=1024, description="Bytes per batch file; default: the provider's limit "
+                                  "(OpenAI/Azure 200 MB, Anthropic 256 MB)")
+    completion_window: str = Field("24h", description="OpenAI completion_window of each batch")
+    poll_interval_s: float = Field(30.0, gt=0, description="Seconds between two polls while waiting in-process")
+    max_wait_s: float = Field(0.0, ge=0, description="Longest in-process wait for batches to end; then the shard is "
+                              "left in flight (not failed) and a later run collects it. 0: submit and return")
+    resubmits: int = Field(2, ge=0, le=10, description="New batches for the requests a batch left unanswered "
+                           "(expired, cancelled, failed lines), per run")
+
+
 class ModelEntry(BaseModel):
     """One entry of the model pool."""
 
@@ -108,6 +125,9 @@ class ModelEntry(BaseModel):
     script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
     policy: bool = Field(False, description="The on-policy slot: this entry (e.g. your own SFT model) is drawn into "
                          "every instruction's k models; at most one entry")
+    mode: Literal["realtime", "batch"] = Field("realtime", description="openai: realtime requests, or the provider's "
+                                               "Batch API (/v1/files + /v1/batches)")
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="mode batch: limits and polling")
 
     @field_validator("dtype")
     @classmethod

@@ -62,9 +62,24 @@ def api_key(entry: ModelEntry, field: str) -> str | None:
     return value
 
 
-def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.models"):
-    """A Backend (not yet entered) for the group."""
+def _batch_backend(first, engine_id: str, output_root: str, field: str):
+    """serve openai + mode batch: the provider's Batch API behind a request journal, so a
+    rerun pays only for requests that never got an answer (generation has no other record)."""
+    from tasks.backends.batch_state import state_path
+    from tasks.backends.openai_batch import batch_backend, openai_client
+    from tasks.rating.journal import Journal, JournaledBackend, journal_path
+
+    journal = Journal(journal_path(output_root, engine_id, stage="generate"))
+    client = openai_client("openai_compatible", first.base_url, api_key(first, field), timeout_s=first.request_timeout_s)
+    inner = batch_backend(client, first.name, first.batch, state_path(journal.path))
+    return JournaledBackend(inner, journal)
+
+
+def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.models", output_root: str | None = None):
+    """A Backend (not yet entered) for the group (`output_root`: where batch mode journals)."""
     first = group.entries[0]
+    if first.serve == "openai" and first.mode == "batch":
+        return _batch_backend(first, group.engine_id, output_root or log_dir, field)
     if first.serve == "scripted":
         from tasks.backends.scripted import ScriptedBackend
 

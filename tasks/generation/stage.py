@@ -192,7 +192,7 @@ def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef],
                 yield build_request(p, entries[p.model])
 
     started = time.monotonic()
-    with (backend or open_backend(group, log_dir)) as engine:
+    with (backend or open_backend(group, log_dir, output_root=store.root)) as engine:
         sent = time.monotonic()
         for result in engine.run(requests()):
             item = owner.get(result["custom_id"])

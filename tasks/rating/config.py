@@ -16,25 +16,39 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.generation.config import EngineSettings
+from tasks.generation.config import BatchSettings, EngineSettings
 from tasks.rating.protocol import ASPECTS
 
-Kind = Literal["openai", "azure", "openai_compatible", "local_vllm", "scripted"]
+Kind = Literal["openai", "azure", "openai_compatible", "local_vllm", "scripted", "anthropic"]
+Mode = Literal["realtime", "batch"]
 AnswerMode = Literal["text", "structured"]
 Aspect = Literal["instruction_following", "honesty", "truthfulness", "helpfulness"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # No default key for openai_compatible: an OpenAI key must never travel to another host unasked.
-_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
-_DEFAULT_URL_ENV = {"openai": "OPENAI_BASE_URL", "azure": "AZURE_OPENAI_ENDPOINT"}
+_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_DEFAULT_URL_ENV = {"openai": "OPENAI_BASE_URL", "azure": "AZURE_OPENAI_ENDPOINT", "anthropic": "ANTHROPIC_BASE_URL"}
 
 
 class Price(BaseModel):
-    """US dollars per one million tokens."""
+    """US dollars per one million tokens, realtime (list) and through the provider's Batch API."""
 
     model_config = ConfigDict(extra="forbid")
     input_per_1m: float = Field(ge=0, description="USD per 1M prompt (input) tokens")
     output_per_1m: float = Field(ge=0, description="USD per 1M completion (output) tokens")
+    batch_discount: float = Field(0.5, gt=0, le=1, description="Batch price as a fraction of the list price (OpenAI "
+                                  "and Anthropic: 0.5) where batch_input/output_per_1m are not given")
+    batch_input_per_1m: float | None = Field(None, ge=0, description="USD per 1M input tokens in batch mode")
+    batch_output_per_1m: float | None = Field(None, ge=0, description="USD per 1M output tokens in batch mode")
+
+    def for_mode(self, mode: str) -> "Price":
+        """The price that applies in `mode` (realtime: this one; batch: the batch price)."""
+        if mode != "batch":
+            return self
+        return Price(input_per_1m=self.input_per_1m * self.batch_discount if self.batch_input_per_1m is None
+                     else self.batch_input_per_1m,
+                     output_per_1m=self.output_per_1m * self.batch_discount if self.batch_output_per_1m is None
+                     else self.batch_output_per_1m, batch_discount=1.0)
 
 
 # List prices per 1M tokens as published on openai.com/api/pricing (2024); check them
@@ -44,6 +58,9 @@ DEFAULT_PRICES: dict[str, Price] = {
     "gpt-4-turbo": Price(input_per_1m=10.0, output_per_1m=30.0),
     "gpt-4o": Price(input_per_1m=2.5, output_per_1m=10.0),
     "gpt-4o-mini": Price(input_per_1m=0.15, output_per_1m=0.6),
+    # anthropic.com/pricing (2024): Message Batches are also 50% of these.
+    "claude-3-5-sonnet-20241022": Price(input_per_1m=3.0, output_per_1m=15.0),
+    "claude-3-5-haiku-20241022": Price(input_per_1m=0.8, output_per_1m=4.0),
 }
 
 
@@ -82,6 +99,9 @@ class JudgeEndpoint(BaseModel):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="local_vllm: how the engine is launched")
     script: dict = Field(default_factory=dict, description="scripted: options of a scripted judge with a planted "
                          "fault (tasks.backends.scripted_faults; tests and demos of the judge audit)")
+    mode: Mode = Field("realtime", description="realtime: one HTTP request per call; batch: the provider's Batch API "
+                       "(OpenAI/Azure /v1/files + /v1/batches, Anthropic Message Batches) at the batch price")
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="mode batch: file limits, polling, resubmits")
 
     @field_validator("api_key_env", "base_url_env")
     @classmethod
@@ -97,6 +117,9 @@ class JudgeEndpoint(BaseModel):
                 raise ValueError("deployment: required for kind azure")
             if not self.api_version:
                 raise ValueError("api_version: required for kind azure")
+        if self.mode == "batch" and self.kind not in ("openai", "azure", "openai_compatible", "anthropic"):
+            raise ValueError(f"mode: batch needs a provider Batch API (kind openai, azure, openai_compatible or "
+                             f"anthropic), not kind {self.kind}")
         if self.kind == "openai_compatible" and not (self.base_url or self.base_url_env):
             raise ValueError("base_url: required for kind openai_compatible (or set base_url_env)")
         # Written out so the run's manifest says which variables were read.
@@ -104,7 +127,7 @@ class JudgeEndpoint(BaseModel):
         self.base_url_env = self.base_url_env or _DEFAULT_URL_ENV.get(self.kind)
         # Hosted GPT-4-class judges answer in 10-30 s: at 200k TPM the limit is only reached
         # with about rate x latency (~60) requests in flight; the limiter still paces them.
-        if "max_concurrency" not in self.model_fields_set and self.kind in ("openai", "azure"):
+        if "max_concurrency" not in self.model_fields_set and self.kind in ("openai", "azure", "anthropic"):
             self.max_concurrency = 64
         return self
 
@@ -194,5 +217,7 @@ class RatingConfig(BaseModel):
         """The endpoint that rates this run."""
         return next(e for e in self.endpoints if e.name == self.judge)
 
-    def price(self, model: str) -> Price | None:
-        return self.prices.get(model)
+    def price(self, model: str, mode: str = "realtime") -> Price | None:
+        """The price of `model` in `mode` (batch: the provider's batch price), None if unpriced."""
+        price = self.prices.get(model)
+        return price.for_mode(mode) if price is not None else None

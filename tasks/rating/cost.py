@@ -5,6 +5,11 @@ model, `rating.prices`), or finished shards (RATINGS or COMPLETIONS tables). Out
 cost of one request, and summaries per stage and model that the progress output and the
 dataset card print.
 
+Batch mode: rows carry the batch price actually paid (`rating.prices` gives list prices;
+the batch price is `batch_*_per_1m` or `batch_discount` x list, default 0.5).
+`with_realtime_equivalent` adds what the same tokens cost at the realtime price, so the
+progress output, the manifest and the card show both.
+
 A request is counted once: rows of one judge call (one per completion it rated) share a
 `request_id` and carry that call's tokens, so summaries count distinct request ids. A model
 missing from the price table has a null cost and is reported as unpriced, never as free.
@@ -111,8 +116,22 @@ def merge(*summaries: Iterable[dict]) -> list[dict]:
     return [out[k] for k in sorted(out)]
 
 
+def with_realtime_equivalent(summary: Iterable[dict], prices: Mapping[str, Price], mode: str) -> list[dict]:
+    """Summary lines plus `mode` and `realtime_usd` (the same tokens at the list price)."""
+    out = []
+    for line in summary:
+        price = prices.get(line["model"])
+        realtime = request_cost(line["prompt_tokens"], line["completion_tokens"], price)
+        out.append({**line, "mode": mode, "realtime_usd": None if line["usd"] is None else realtime})
+    return out
+
+
 def format_summary(summary: Iterable[dict]) -> str:
-    """A markdown table for the progress output and the dataset card."""
+    """A markdown table for the progress output and the dataset card (batch lines add the
+    realtime-equivalent price)."""
+    summary = list(summary)
+    if any(line.get("mode") == "batch" for line in summary):
+        return _format_with_realtime(summary)
     rows = ["| stage | model | requests | input tokens | output tokens | USD |", "|---|---|---:|---:|---:|---:|"]
     total, any_unpriced = 0.0, False
     for line in summary:
@@ -127,15 +146,50 @@ def format_summary(summary: Iterable[dict]) -> str:
     return "\n".join(rows)
 
 
-# Batch APIs (OpenAI Batch, Azure OpenAI global batch) bill half the list price.
-BATCH_FACTOR = 0.5
+# What `plan` says of batch prices: the default `Price.batch_discount` (OpenAI, Azure and
+# Anthropic bill half the list price); a price's own batch fields are what it uses.
+BATCH_FACTOR = Price.model_fields["batch_discount"].default
 
 
 def estimate(stage: str, model: str, requests: int, prompt_tokens: int, completion_tokens: int,
-             price: Price | None, batch_factor: float = BATCH_FACTOR) -> dict:
+             price: Price | None) -> dict:
     """A planned request volume priced in realtime and batch mode (USD; None when the model
     has no price, which is reported as unpriced, never as free)."""
     usd = request_cost(prompt_tokens, completion_tokens, price)
+    batch = None if price is None else request_cost(prompt_tokens, completion_tokens, price.for_mode("batch"))
     return {"stage": stage, "model": model, "requests": requests, "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "realtime_usd": usd,
-            "batch_usd": None if usd is None else usd * batch_factor}
+            "completion_tokens": completion_tokens, "realtime_usd": usd, "batch_usd": batch}
+
+
+def _format_with_realtime(summary: list[dict]) -> str:
+    rows = ["| stage | model | mode | requests | input tokens | output tokens | USD paid | USD at realtime price |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    paid = realtime = 0.0
+    for line in summary:
+        usd, rt = line["usd"], line.get("realtime_usd")
+        paid += usd or 0.0
+        realtime += rt if rt is not None else usd or 0.0
+        rows.append(f"| {line['stage']} | {line['model']} | {line.get('mode', 'realtime')} | {line['requests']:,} "
+                    f"| {line['prompt_tokens']:,} | {line['completion_tokens']:,} "
+                    f"| {'unpriced' if usd is None else f'{usd:.4f}'} | {'unpriced' if rt is None else f'{rt:.4f}'} |")
+    saved = f", {1 - paid / realtime:.0%} less" if realtime > 0 else ""
+    rows.append(f"\nTotal: {paid:.4f} USD paid; {realtime:.4f} USD at realtime prices{saved}")
+    return "\n".join(rows)
+
+
+def batch_spend_note(rate_cost: Mapping[str, Any], rating: Mapping[str, Any]) -> str | None:
+    """The card's sentence for a judge that ran in batch mode (None in realtime mode).
+
+    `rate_cost` is the card's rate line (prompt/completion tokens, usd), `rating` the run
+    config's rating section as plain data."""
+    ep = next((e for e in rating.get("endpoints", []) if e.get("name") == rating.get("judge")), None)
+    if not ep or ep.get("mode") != "batch":
+        return None
+    raw = (rating.get("prices") or {}).get(ep.get("model"))
+    listed = request_cost(int(rate_cost.get("prompt_tokens") or 0), int(rate_cost.get("completion_tokens") or 0),
+                          Price(**raw) if raw else None)
+    paid = rate_cost.get("usd")
+    if listed is None or paid is None:
+        return f"The judge ran through the provider's Batch API (`{ep.get('model')}` is unpriced)."
+    return (f"The judge ran through the provider's Batch API: {paid:.4f} USD paid, {listed:.4f} USD at the "
+            f"realtime (list) price of the same tokens.")

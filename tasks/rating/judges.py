@@ -3,6 +3,9 @@
 Inputs: a JudgeEndpoint and a folder for engine logs. Outputs: an unentered Backend:
 - scripted: the in-process ScriptedJudge (tests, demos);
 - openai, azure, openai_compatible, and local_vllm with a base URL: the HTTP judge backend;
+- mode batch: the provider's Batch API (tasks/backends/openai_batch.py, Anthropic Message
+  Batches in tasks/backends/anthropic_messages.py), recording its batches in `state_file`;
+- anthropic (realtime): the Messages API backend;
 - local_vllm without a base URL: a vLLM server launched from `engine_model`, shared by all
   shard tasks of this process (started on first use, restarted if it died, stopped by
   `close_engines()` when the stage ends), so the engine starts once per run, not per shard.
@@ -65,11 +68,38 @@ def close_engines() -> None:
             engine.__exit__(None, None, None)
 
 
-def open_judge(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
+def _batch_judge(endpoint: JudgeEndpoint, state_file) -> Backend:
+    from tasks.errors import InputError
+
+    if state_file is None:
+        raise InputError(f"rating.endpoints[{endpoint.name}].mode: batch needs a batch-state file beside the journal")
+    key = endpoint.api_key()
+    if not key and endpoint.kind in ("openai", "azure", "anthropic"):
+        raise InputError(f"rating.endpoints[{endpoint.name}]: environment variable {endpoint.key_env} is not set "
+                         f"(it must hold the API key for kind {endpoint.kind})")
+    label = f"{endpoint.kind}:{endpoint.name}"
+    if endpoint.kind == "anthropic":
+        from tasks.backends.anthropic_messages import anthropic_client, message_batch_backend
+
+        return message_batch_backend(anthropic_client(endpoint.resolved_base_url(), key, endpoint.timeout_s), label,
+                                     endpoint.batch, state_file)
+    from tasks.backends.openai_batch import batch_backend, openai_client
+
+    client = openai_client(endpoint.kind, endpoint.resolved_base_url(), key, endpoint.api_version, endpoint.timeout_s)
+    return batch_backend(client, label, endpoint.batch, state_file, azure=endpoint.kind == "azure")
+
+
+def open_judge(endpoint: JudgeEndpoint, log_dir: str, state_file=None) -> Backend:
+    if endpoint.mode == "batch":
+        return _batch_judge(endpoint, state_file)
     if endpoint.kind == "scripted" and endpoint.script:
         from tasks.backends.scripted_faults import FaultyJudge
 
         return FaultyJudge(**endpoint.script)
+    if endpoint.kind == "anthropic":
+        from tasks.backends.anthropic_messages import AnthropicMessagesBackend
+
+        return AnthropicMessagesBackend(endpoint)
     if endpoint.kind == "scripted":
         from tasks.backends.scripted_judge import ScriptedJudge
 

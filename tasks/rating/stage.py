@@ -202,7 +202,7 @@ def _final(call: Call) -> tuple[str | None, ParsedAnswer | None, str]:
 
 def _rows(call: Call, cfg: RatingConfig) -> list[dict]:
     answer, parsed, request_id = _final(call)
-    price = cfg.price(cfg.endpoint.model)
+    price = cfg.price(cfg.endpoint.model, cfg.endpoint.mode)  # batch mode: the provider's batch price
     common = {
         "prompt_id": call.prompt_id, "aspect": call.aspect, "raw_text": answer,
         "permutation": call.permutation, "judge_model": cfg.endpoint.model,
