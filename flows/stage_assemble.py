@@ -1,9 +1,10 @@
 """Assemble stage as a Prefect task: join, binarize and publish the run.
 
-Inputs: the run config and the finished shards of sample, generate and rate. Outputs, under the output root: dataset/,
-dataset_long/, preferences/{h4,argilla,all_pairs}/, report/ and README.md (see
-docs/output.md), Prefect table and markdown artifacts on the run, and the stage's marker
-shard `assemble/published.parquet` (schema "outputs": the files written).
+Inputs: the run config and the finished shards of sample, generate and rate. Outputs,
+under the output root: dataset/, dataset_long/, preferences/{h4,argilla,all_pairs}/,
+report/ and README.md (see docs/output.md), Prefect table and markdown artifacts on the
+run, and the stage's marker shard `assemble/published.parquet` (schema "outputs": the
+files written).
 
 The join is global (pairs need every completion of a prompt, the split needs every
 prompt), so the stage is one task. Its key covers every input shard's content hash, the
