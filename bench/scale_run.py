@@ -95,7 +95,7 @@ def _cpu() -> float:
 
 
 def _timed(name: str, fn, out: dict, sampler: Sampler, profile: str | None, prof_path: str):
-    def wrapper(cfg, store, upstream):
+    def wrapper(cfg, store, *upstream):
         sampler.mark()
         t = time.monotonic()
         out.setdefault("_first_start", t)
@@ -104,10 +104,10 @@ def _timed(name: str, fn, out: dict, sampler: Sampler, profile: str | None, prof
             import cProfile
 
             prof = cProfile.Profile()
-            result = prof.runcall(fn, cfg, store, upstream)
+            result = prof.runcall(fn, cfg, store, *upstream)
             prof.dump_stats(prof_path)
         else:
-            result = fn(cfg, store, upstream)
+            result = fn(cfg, store, *upstream)
         out["_last_end"] = time.monotonic()
         out[name] = {"wall_s": round(out["_last_end"] - t, 3), "cpu_s": round(_cpu() - cpu, 3),
                      "peak_rss_mb": round(sampler.mark() / 2**20, 1), "summary": result.summary}
@@ -125,20 +125,17 @@ def main() -> None:
 
     sampler = Sampler()
     sampler.start()
-    import flows.stage_assemble
-    import flows.stage_generate
-    import flows.stage_rate
-    import flows.stage_sample
+    import flows.ultrafeedback
     from flows.config import load_config
     from flows.ultrafeedback import ultrafeedback
 
     imported_s = time.monotonic() - T0
     stages: dict[str, dict] = {}
     prof = f"{args.result}.{args.profile}.prof"
-    for mod, name in ((flows.stage_sample, "sample"), (flows.stage_generate, "generate"),
-                      (flows.stage_rate, "rate"), (flows.stage_assemble, "assemble")):
+    for name in ("sample", "generate", "rate", "assemble"):  # the stage runners the flow calls
         runner = f"run_{name}"
-        setattr(mod, runner, _timed(name, getattr(mod, runner), stages, sampler, args.profile, prof))
+        setattr(flows.ultrafeedback, runner, _timed(name, getattr(flows.ultrafeedback, runner), stages, sampler,
+                                                    args.profile, prof))
 
     from tasks.backends.scripted import ScriptedBackend
     from tasks.backends.scripted_judge import ScriptedJudge

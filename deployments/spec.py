@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.config import STAGES, ConfigError
+from flows.config import STAGES, ConfigError, Stage
 
 SPEC = Path(__file__).resolve().parent / "ops.yaml"
 NAME = r"^[a-z0-9][a-z0-9\-]*$"
@@ -39,7 +39,7 @@ class DeploymentSpec(BaseModel):
 
     name: str = Field(pattern=NAME, description="Deployment name (the flow name is prefixed in the UI)")
     flow: Literal["ultrafeedback", "backfill"] = Field(description="Which flow this deploys")
-    stages: list[Literal["sample", "generate", "rate", "assemble"]] | None = Field(
+    stages: list[Stage] | None = Field(
         None, description="ultrafeedback only: the stages this deployment runs (default: all)")
     work_pool: str = Field(description="Work pool whose workers run it; must be listed under work_pools")
     cron: str | None = Field(None, description="Cron schedule (None: run on demand only)")

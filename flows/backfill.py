@@ -11,43 +11,27 @@ current key (failed, pending or stale; `ShardStore.incomplete`). The flow runs t
 stage with unfinished shards and every later stage the run planned, so backfilled shards
 flow downstream and the dataset is assembled again. Finished shards are not recomputed:
 each stage skips them through its markers and Prefect's cache, and the rating journal
-answers requests already paid for. With `shards`, unfinished shards outside the list are
-held back by the task runner (flows/shard_gate.py); note that a generation engine task
-still completes every unfinished part of its model.
+answers requests already paid for. With `shards`, the stages run with `only=shards`:
+unfinished shards outside the list are held back, not run (flows/shard_tasks.py).
+
+A backfill that leaves shards of its scope unfinished ends in state Failed, its result
+still the summary, as a run of the `ultrafeedback` flow does.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
 
 from prefect import flow
+from prefect.states import Failed
 
 from flows.common import logger, quiet_expected_errors
-from flows.config import STAGES, RunConfig, validate_config
-from flows.shard_gate import ShardGateTaskRunner, select_shards
+from flows.config import STAGES, Stage, checked_stages
+from flows.run_record import recorded_config
+from flows.ultrafeedback import run_pipeline
 from storage.shards import ShardStore
 from tasks.errors import InputError
 
-CONFIG_FILE = "run_config.json"
-Stage = Literal["sample", "generate", "rate", "assemble"]
 quiet_expected_errors()
-
-
-def record_config(store: ShardStore, cfg: RunConfig) -> None:
-    """Keep the config a run started with, so a backfill can finish it even if the run died."""
-    store.write_json(f"{store.base.rstrip('/')}/{CONFIG_FILE}", cfg.model_dump(mode="json"))
-
-
-def recorded_config(store: ShardStore) -> RunConfig:
-    path = f"{store.base.rstrip('/')}/{CONFIG_FILE}"
-    if store.fs.exists(path):
-        raw = store.read_json(path)
-    else:
-        raw = (store.read_manifest() or {}).get("config")
-    if not raw:
-        raise InputError(f"output: {store.root} holds no run (no {CONFIG_FILE} or manifest.json)")
-    return validate_config(raw, origin=f"{store.root}/{CONFIG_FILE}")
 
 
 @dataclass
@@ -62,10 +46,7 @@ def plan_backfill(store: ShardStore, stages: list[str] | None = None, shards: li
     planned = [s for s in STAGES if s in store.stages()]
     if not planned:
         raise InputError(f"output: {store.root} has no planned stages; start it with `ultrafeedback run`")
-    unknown_stages = [s for s in stages or [] if s not in STAGES]
-    if unknown_stages:
-        raise InputError(f"stages: unknown {unknown_stages}; choose from {list(STAGES)}")
-    targets = [s for s in STAGES if s in (stages or planned)]
+    targets = checked_stages(stages or planned)
     known = sorted(store.plan(planned[0]))
     if shards:
         missing = sorted(set(shards) - set(known))
@@ -87,9 +68,7 @@ def plan_backfill(store: ShardStore, stages: list[str] | None = None, shards: li
 
 
 def backfill_run(output: str, stages: list[str] | None = None, shards: list[str] | None = None) -> dict:
-    """Body of the flow (call it inside a flow run whose task runner is a ShardGateTaskRunner)."""
-    from flows.ultrafeedback import run_stages  # it records the config through this module
-
+    """Body of the flow: plan, run the stages, report what is backfilled and what is left."""
     store = ShardStore(output)
     cfg = recorded_config(store)
     if ShardStore(cfg.output).base != store.base:
@@ -102,9 +81,7 @@ def backfill_run(output: str, stages: list[str] | None = None, shards: list[str]
         return result
     logger().info("backfill %s: unfinished %s; running %s", output,
                   {k: len(v) for k, v in plan.unfinished.items() if v}, plan.stages)
-    gate = select_shards(store, shards, plan.known) if shards else nullcontext()
-    with gate:
-        result["summary"] = run_stages(cfg, plan.stages)
+    result["summary"] = run_pipeline(cfg, plan.stages, only=shards)
     for stage in plan.stages:
         left = store.incomplete(stage)
         left = [s for s in left if s in shards] if shards else left
@@ -117,7 +94,12 @@ def backfill_run(output: str, stages: list[str] | None = None, shards: list[str]
     return result
 
 
-@flow(name="ultrafeedback-backfill", log_prints=False, validate_parameters=True, task_runner=ShardGateTaskRunner())
+@flow(name="ultrafeedback-backfill", log_prints=False, validate_parameters=True)
 def backfill(output: str, stages: list[Stage] | None = None, shards: list[str] | None = None) -> dict:
     """Rerun only the unfinished (failed, pending, stale) shards of a run, then re-assemble."""
-    return backfill_run(output, list(stages) if stages else None, list(shards) if shards else None)
+    result = backfill_run(output, list(stages) if stages else None, list(shards) if shards else None)
+    left = [f"{stage}:{shard}" for stage, ids in result["still_unfinished"].items() for shard in ids]
+    if left:
+        return Failed(message=f"backfill of {output}: {len(left)} shard(s) still unfinished "
+                              f"({', '.join(left[:10])}{' ...' if len(left) > 10 else ''})", data=result)
+    return result

@@ -77,19 +77,25 @@ def _csv(value: str | None) -> list[str] | None:
     return items or None
 
 
-def cmd_run(args, server=None) -> int:
-    from flows.config import STAGES, load_config
+def _result(state):
+    """A flow's result, also when it ended Failed with shards left (its result is the summary);
+    an error that stopped the flow is raised."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
+
+def cmd_run(args, server=None) -> int:
+    from flows.config import checked_stages, load_config
+
+    stages = checked_stages([s.strip() for s in args.stages.split(",") if s.strip()], "--stages")
     cfg = load_config(args.config, args.overrides, output=args.out)
     from flows.progress import cli_display
     from flows.ultrafeedback import ultrafeedback
 
     with _ready(server), cli_display(_show_progress(args)):
-        summary = ultrafeedback(config=cfg, stages=stages)
+        summary = _result(ultrafeedback(config=cfg, stages=stages, return_state=True))
     print(json.dumps(summary, indent=1, default=str))
     failed = {st: info["shards"]["failed"] for st, info in summary["stages"].items()
               if st in stages and (info.get("shards") or {}).get("failed")}
@@ -102,17 +108,15 @@ def cmd_run(args, server=None) -> int:
 
 
 def cmd_backfill(args, server=None) -> int:
-    from flows.config import STAGES
+    from flows.config import checked_stages
 
     stages = _csv(args.stages)
-    unknown = [s for s in stages or [] if s not in STAGES]
-    if unknown:
-        raise ValueError(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
+    stages = checked_stages(stages, "--stages") if stages else None
     from flows.backfill import backfill
     from flows.progress import cli_display
 
     with _ready(server), cli_display(_show_progress(args)):
-        result = backfill(output=args.out, stages=stages, shards=_csv(args.shards))
+        result = _result(backfill(output=args.out, stages=stages, shards=_csv(args.shards), return_state=True))
     print(json.dumps(result, indent=1, default=str))
     left = result["still_unfinished"]
     if left:

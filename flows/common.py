@@ -1,25 +1,21 @@
-"""What every stage's Prefect wrapper shares.
+"""What the flow modules share that is not about shard tasks (those are in flows/shard_tasks.py).
 
-Inputs: the run config and the shard store. Outputs: `StageResult` (the stage's shard
-references and a summary for the manifest and the dataset card), the cache-key function
-that keys a shard task on its precomputed `key` parameter, result storage placement, and
-`collect`, which waits for mapped shard tasks and sorts them into written / cached / failed.
-
-Caching has two layers that agree: Prefect's cache (a hit shows as "Cached" in the UI) and
-the shard's done marker (which also works without Prefect's records). A Prefect hit whose
-shard was deleted since is caught by `collect` and recomputed.
+- `StageResult`: what a stage hands to the next one and to the run summary: the stage's
+  finished shard references, the ids whose task failed this time, and its summary (counts
+  and totals for the manifest and the dataset card).
+- `logger()`: the Prefect run logger inside a run, a plain logger outside one.
+- `quiet_expected_errors()`: a log filter that prints bad input as its message, without a
+  traceback.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import get_run_logger
-from prefect.context import TaskRunContext
 
-from storage.shards import ShardRef, ShardStore
+from storage.shards import ShardRef
 
 
 @dataclass
@@ -27,17 +23,7 @@ class StageResult:
     stage: str
     refs: list[ShardRef]
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def key_from_param(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key = the task's name + its `key` parameter (inputs' hashes, config, code)."""
-    return f"{context.task.name}:{parameters['key']}"
-
-
-def result_storage(store: ShardStore) -> Path | None:
-    """Keep Prefect's cache records beside a local run (deleted with it); else the default."""
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    return Path(store.base) / ".prefect-results" if protocol in ("file", "local") else None
+    failed: list[str] = field(default_factory=list)  # shard ids whose task failed in this run
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
@@ -45,54 +31,6 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:  # outside a run (unit tests calling .fn)
         return logging.getLogger("ultrafeedback")
-
-
-def collect(stage: str, store: ShardStore, futures: list, shard_ids: list[str], keys: list[str],
-            rerun: Callable[[int], Any]) -> tuple[list[ShardRef], dict]:
-    """Wait for shard tasks; recompute Prefect cache hits whose shard no longer exists.
-
-    Returns the finished refs (plan order) and counts {written, kept, cached, failed}.
-    A failed shard is recorded with a `.failed` marker and left for a backfill; the
-    other shards still complete. A shard whose requests wait in provider batches
-    (BatchInFlight) is not failed: it stays pending, counted as `in_flight`, for a later
-    run to collect.
-    """
-    from tasks.errors import BatchInFlight
-
-    from flows.progress import track
-
-    counts = {"written": 0, "kept": 0, "cached": 0, "failed": 0}
-    refs: list[ShardRef] = []
-    progress = track(stage, len(futures))
-    for i, fut in enumerate(futures):
-        if i:
-            progress.update(counts)
-        state = fut.wait() or fut.state
-        if state.is_failed() or state.is_crashed():
-            counts["failed"] += 1
-            try:
-                state.result()
-            except BatchInFlight:
-                counts["failed"] -= 1
-                counts["in_flight"] = counts.get("in_flight", 0) + 1
-            except Exception as exc:  # the shard's own error, kept for status/backfill
-                store.mark_failed(stage, shard_ids[i], f"{type(exc).__name__}: {exc}")
-            continue
-        out = state.result()
-        ref: ShardRef = out["ref"]
-        if state.name == "Cached":
-            if store.done_with_key(stage, ref.shard_id, keys[i]) is None:
-                out = rerun(i)
-                ref = out["ref"]
-                counts[out["action"]] += 1
-            else:
-                counts["cached"] += 1
-        else:
-            counts[out["action"]] += 1
-        refs.append(ref)
-    progress.finish(counts)
-    return refs, counts
-
 
 
 class _ExpectedErrorsWithoutTraceback(logging.Filter):
@@ -116,16 +54,3 @@ def quiet_expected_errors() -> None:
         lg = logging.getLogger(name)
         if not any(isinstance(f, _ExpectedErrorsWithoutTraceback) for f in lg.filters):
             lg.addFilter(_ExpectedErrorsWithoutTraceback())
-
-
-def transient_only(task, task_run, state) -> bool:
-    """Prefect retry condition: retry a shard only for TransientError (bad input never heals)."""
-    from tasks.errors import TransientError
-
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:
-        return False
-    return False

@@ -9,23 +9,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from storage.keys import stable_hash
 from tasks.assemble.config import PublishConfig
 from tasks.audit.config import AuditConfig
 from tasks.generation.config import GenerationConfig
 from tasks.rating.config import RatingConfig
 from tasks.sources.config import SamplingConfig, SourceConfig
 
-STAGES = ("sample", "generate", "rate", "assemble")
+Stage = Literal["sample", "generate", "rate", "assemble"]
+STAGES: tuple[str, ...] = get_args(Stage)  # pipeline order
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the field."""
+
+
+def checked_stages(stages, field: str = "stages") -> list[str]:
+    """The asked-for stages in pipeline order; ConfigError naming `field` for an unknown one."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"{field}: unknown {unknown}; choose from {list(STAGES)}")
+    return [s for s in STAGES if s in stages]
 
 
 class RunConfig(BaseModel):
@@ -71,10 +79,6 @@ class RunConfig(BaseModel):
         if a.self_model is not None and a.self_model not in {m.name for m in self.generation.models}:
             raise ValueError(f"audit.self_model: {a.self_model!r} is not a pool entry (generation.models)")
         return self
-
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of some sections of the config (part of shard cache keys)."""
-        return stable_hash({s: getattr(self, s) for s in sections})
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -1,7 +1,7 @@
 """Progress where people look: Prefect artifacts on the flow run, a rich display on the CLI.
 
 Inputs: shard outcomes as a stage collects them (`track`), and at the end of a run the
-manifest and the run summary (`publish_run`). Outputs:
+manifest and the run summary (`publish_artifacts`). Outputs:
 
 - per stage, a Prefect progress artifact (0-100 % of its shard tasks collected) whose
   description carries the written / unchanged / cached / failed counts;
@@ -154,12 +154,13 @@ def summary_markdown(manifest: dict, summary: dict, output: str) -> str:
         lines += ["", f"## Unfinished shards ({len(unfinished)})", "", *unfinished[:50]]
         if len(unfinished) > 50:
             lines.append(f"- ... and {len(unfinished) - 50} more (see the shard-states table)")
-        lines += ["", "Backfill them:", "", f"    ultrafeedback backfill --out {output}",
+        lines += ["", "Retry this flow run (its finished shards come back from the cache), or backfill them:", "",
+                  f"    ultrafeedback backfill --out {output}",
                   f"    prefect deployment run 'ultrafeedback-backfill/backfill' --param output={output}"]
     return "\n".join(lines) + "\n"
 
 
-def publish_run(manifest: dict, summary: dict, output: str) -> list[str]:
+def publish_artifacts(manifest: dict, summary: dict, output: str) -> list[str]:
     """Table and markdown artifacts of a finished run; [] outside a flow run."""
     if not in_run():
         return []

@@ -1,7 +1,7 @@
 """Assemble stage as a Prefect task: join, binarize and publish the run.
 
-Inputs: the run config and the finished shards of sample, generate and rate (from
-`upstream`, else from the store). Outputs, under the output root: dataset/,
+Inputs: the run config, the finished shards of sample, generate and rate, and the judge
+audit's shards when there are any (read only). Outputs, under the output root: dataset/,
 dataset_ids/, dataset_long/, preferences/<pair set>/, report/ and README.md (see
 docs/output.md), Prefect table and markdown artifacts on the run, and the stage's marker
 shard `assemble/published.parquet` (schema "outputs": the files written).
@@ -14,9 +14,6 @@ are not finished leave their prompts without completions or ratings (nulls in th
 dataset, counted in the card), and the stage logs which ones.
 """
 from __future__ import annotations
-
-import os
-import tempfile
 
 import pyarrow as pa
 from prefect import task
@@ -31,7 +28,8 @@ import tasks.assemble.position_bias
 import tasks.assemble.publish
 import tasks.assemble.report
 import tasks.assemble.stats
-from flows.common import StageResult, collect, key_from_param, logger, result_storage
+from flows.common import StageResult, logger
+from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks
 from storage.keys import code_version, shard_key
 from storage.schemas import SCHEMAS, to_table
 from tasks.assemble.join import RATING_COLUMNS
@@ -50,11 +48,8 @@ def _code() -> str:
                         a.publish, a.position_bias)
 
 
-def input_refs(store: ShardStore, upstream: dict) -> dict[str, list[ShardRef]]:
-    refs = {}
-    for stage in INPUTS:
-        found = upstream[stage].refs if stage in upstream else store.refs(stage)
-        refs[stage] = sorted(found, key=lambda r: r.shard_id)
+def input_refs(store: ShardStore, *inputs: StageResult) -> dict[str, list[ShardRef]]:
+    refs = {r.stage: sorted(r.refs, key=lambda ref: ref.shard_id) for r in inputs}
     refs["audit"] = sorted(store.refs("audit"), key=lambda r: r.shard_id)  # read only: the card shows it
     if not refs["sample"]:
         raise InputError(f"assemble needs finished sample shards in {store.root}; run --stages sample first")
@@ -98,11 +93,9 @@ def _position_bias(cfg, store: ShardStore, ins, comps, rates, seed: int):
     from tasks.rating.journal import Journal, journal_path
     from tasks.rating.judges import close_engines, open_judge
 
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    log_dir = os.path.join(store.base, "logs") if protocol in ("file", "local") else tempfile.gettempdir()
     journal = Journal(journal_path(cfg.output, "position_bias", cfg.rating.journal_dir, STAGE))
     try:
-        res = position_bias_check(ins, comps, rates, cfg.rating, open_judge(cfg.rating.endpoint, log_dir),
+        res = position_bias_check(ins, comps, rates, cfg.rating, open_judge(cfg.rating.endpoint, store.log_dir()),
                                   cfg.publish.position_bias_sample, seed, journal=journal)
     finally:
         close_engines()
@@ -129,7 +122,7 @@ def unfinished_notes(store: ShardStore) -> list[str]:
 
 
 @task(name="assemble-publish", retries=1, retry_delay_seconds=5, cache_key_fn=key_from_param, persist_result=True)
-def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]) -> dict:
+def publish_dataset(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]) -> dict:
     """Read every finished shard, publish the outputs, write the stage's marker last."""
     from tasks.assemble.publish import publish, truthfulqa_questions
 
@@ -156,24 +149,15 @@ def publish_run(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[str]
     return {"ref": ref, "action": "written", "summary": result.summary()}
 
 
-def run_assemble(cfg, store: ShardStore, upstream: dict) -> StageResult:
-    refs = input_refs(store, upstream)
+def run_assemble(cfg, store: ShardStore, instructions: StageResult, completions: StageResult,
+                 ratings: StageResult) -> StageResult:
+    """Publish the dataset from every finished input shard (one task: the join is global)."""
+    refs = input_refs(store, instructions, completions, ratings)
     notes = unfinished_notes(store)
     for note in notes:
         logger().warning("assemble: %s", note)
-    key = assemble_key(refs, cfg)
-    store.write_plan(STAGE, {SHARD: key})
-    shard_task = publish_run.with_options(result_storage=result_storage(store))
-
-    def submit(refresh=False):
-        t = shard_task.with_options(refresh_cache=True) if refresh else shard_task
-        return t.submit(cfg, refs, key, notes)
-
-    future = submit()
-    done, counts = collect(STAGE, store, [future], [SHARD], [key], rerun=lambda i: submit(refresh=True).result())
-    out = future.state.result() if future.state.is_completed() else {}
-    summary = {"shards": counts, **(out.get("summary") or {})}
-    if done:
-        logger().info("assemble: %s files under %s (%s)", done[0].rows, cfg.output,
-                      "written" if counts["written"] else "unchanged")
-    return StageResult(STAGE, done, summary)
+    job = ShardJob(SHARD, assemble_key(refs, cfg), {"cfg": cfg, "refs": refs, "notes": notes})
+    done = run_shard_tasks(STAGE, store, [job], publish_dataset,
+                           detail=lambda o: f"{o.refs[0].rows if o.refs else 0} files under {cfg.output}")
+    out = done.outputs.get(SHARD) or {}
+    return StageResult(STAGE, done.refs, {"shards": done.counts, **(out.get("summary") or {})}, done.failed)

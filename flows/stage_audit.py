@@ -25,8 +25,9 @@ import tasks.audit.probes
 import tasks.audit.report
 import tasks.audit.run
 import tasks.audit.stats
-from flows.common import StageResult, collect, key_from_param, logger, result_storage, transient_only
-from flows.stage_rate import _log_dir, key_config
+from flows.common import StageResult, logger
+from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks, transient_only
+from flows.stage_rate import key_config
 from storage.keys import code_version, shard_key
 from storage.schemas import SCHEMAS
 from storage.shards import ShardRef, ShardStore
@@ -79,7 +80,7 @@ def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dic
     existing = store.done_with_key(STAGE, part, key)
     if existing is not None:
         return {"ref": existing, "action": "kept"}
-    log_dir, seed = _log_dir(store), _seed(cfg)
+    log_dir, seed = store.log_dir(), _seed(cfg)
 
     def journal(name: str) -> Journal:
         return Journal(journal_path(cfg.output, f"audit-{name}", cfg.rating.journal_dir, STAGE))
@@ -147,32 +148,24 @@ def _finish(cfg, store: ShardStore, parts: list[ShardRef], sample_refs: list[Sha
     return {"figures": results.num_rows, "flagged": flagged, "cost": cost}
 
 
-def run_audit(cfg, store: ShardStore, upstream: dict) -> dict:
-    """The audit after the rate stage: {} when `audit.enabled` is off, else {"audit": summary}."""
+def run_audit(cfg, store: ShardStore, instructions: StageResult, completions: StageResult,
+              ratings: StageResult) -> StageResult | None:
+    """The audit after the rate stage: None when `audit.enabled` is off."""
     if not cfg.audit.enabled:
-        return {}
-    refs = {s: sorted(upstream[s].refs if s in upstream else store.refs(s), key=lambda r: r.shard_id) for s in INPUTS}
+        return None
+    refs = {r.stage: sorted(r.refs, key=lambda ref: ref.shard_id) for r in (instructions, completions, ratings)}
     parts = ["run"] + [f"human-{h.name}" for h in cfg.audit.human_sets]
-    keys = [part_key(p, refs, cfg) for p in parts]
-    store.write_plan(STAGE, dict(zip(parts, keys)))
-    shard_task = audit_part.with_options(result_storage=result_storage(store))
-
-    def submit(i, refresh=False):
-        t = shard_task.with_options(refresh_cache=True) if refresh else shard_task
-        return t.submit(cfg, parts[i], refs, keys[i])
-
+    jobs = [ShardJob(p, part_key(p, refs, cfg), {"cfg": cfg, "part": p, "refs": refs}) for p in parts]
     from tasks.rating.judges import close_engines
 
     try:
-        futures = [submit(i) for i in range(len(parts))]
-        done, counts = collect(STAGE, store, futures, parts, keys, rerun=lambda i: submit(i, refresh=True).result())
+        done = run_shard_tasks(STAGE, store, jobs, audit_part)
     finally:
         close_engines()
-    summary = {"shards": counts, **_finish(cfg, store, done, refs["sample"])}
-    logger().info("audit: %d parts (%d written, %d unchanged, %d cached, %d failed), %d figures, flagged: %s\n%s",
-                  len(parts), counts["written"], counts["kept"], counts["cached"], counts["failed"],
-                  summary["figures"], ", ".join(summary["flagged"]) or "none", format_summary(merge(summary["cost"])))
-    return {STAGE: summary}
+    summary = {"shards": done.counts, **_finish(cfg, store, done.refs, refs["sample"])}
+    logger().info("audit: %d figures, flagged: %s\n%s", summary["figures"], ", ".join(summary["flagged"]) or "none",
+                  format_summary(merge(summary["cost"])))
+    return StageResult(STAGE, done.refs, summary, done.failed)
 
 
 def card_section(store: ShardStore) -> str | None:

@@ -1,6 +1,7 @@
 """Generation stage as Prefect tasks: one task per engine, then one merge task per shard.
 
-Inputs: the run config and the finished instruction shards (`upstream["sample"]`).
+Inputs: the run config, the finished instruction shards and optionally `only` (the shard
+ids a backfill is limited to).
 Outputs: `generate_parts/<model>/<shard_id>` per pool entry and instruction shard, then
 `generate/<shard_id>` (COMPLETIONS, k rows per instruction), the stage plan, and a
 summary (shards, completions, failed requests, tokens, engine timings).
@@ -21,13 +22,12 @@ and its planned GPUs as CUDA_VISIBLE_DEVICES.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import nullcontext
 
 from prefect import allow_failure, task
 
-from flows.common import StageResult, collect, key_from_param, logger, result_storage, transient_only
+from flows.common import StageResult, logger
+from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks, transient_only
 from storage.shards import ShardRef, ShardStore
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
 from tasks.generation.schedule import Plan
@@ -37,13 +37,6 @@ from tasks.generation.stage import STAGE, merge_key, merge_shard, run_group
 
 def rows_by_source(cfg) -> dict[str, str]:
     return {s.name: s.principle_source for s in cfg.sources}
-
-
-def log_dir(store: ShardStore) -> str:
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    if protocol in ("file", "local"):
-        return os.path.join(store.base, "logs")
-    return os.path.join(tempfile.gettempdir(), "ultrafeedback-logs")
 
 
 @task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
@@ -60,7 +53,7 @@ def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gp
 
         gate = concurrency(cfg.generation.gpu_slots, occupy=gpus or group.entries[0].tensor_parallel_size)
     with gate:
-        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), log_dir(store))
+        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), store.log_dir())
     logger().info("engine %s: %d parts written, %d kept, %d requests (%d failed), %d tokens in %.1fs",
                   group.engine_id, res.written, res.kept, res.requests, res.failed_requests,
                   res.completion_tokens, res.generate_s)
@@ -111,41 +104,38 @@ def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], 
     return futures
 
 
-def run_generate(cfg, store: ShardStore, upstream: dict) -> StageResult:
-    instr_refs = sorted(upstream["sample"].refs, key=lambda r: r.shard_id)
-    rows = rows_by_source(cfg)
-    keys = [merge_key(r, cfg.generation, cfg.seed, rows) for r in instr_refs]
-    store.write_plan(STAGE, {r.shard_id: k for r, k in zip(instr_refs, keys)})
-
-    groups = engine_groups(cfg.generation)
-    plan = plan_for_pool(cfg.generation, groups, sum(r.rows for r in instr_refs))
-    logger().info("%s", plan.render())
-    engine_futures = _submit_engines(cfg, groups, instr_refs, plan)
+def _engine_outcomes(futures: list) -> list[dict]:
     engines = []
-    for fut in engine_futures:
+    for fut in futures:
         state = fut.wait() or fut.state
         if state.is_completed():
             engines.append(state.result())
-        else:
-            try:
-                state.result()
-            except Exception as exc:  # kept in the summary; the shards it left unfinished fail below
-                engines.append({"error": f"{type(exc).__name__}: {exc}"[:2000]})
+            continue
+        try:
+            state.result()
+        except Exception as exc:  # kept in the summary; the shards it left unfinished fail at the merge
+            engines.append({"error": f"{type(exc).__name__}: {exc}"[:2000]})
+    return engines
 
-    merge = merge_completions.with_options(result_storage=result_storage(store))
 
-    def submit(i, refresh=False):
-        t = merge.with_options(refresh_cache=True) if refresh else merge
-        return t.submit(cfg, instr_refs[i], keys[i])
-
-    futures = [submit(i) for i in range(len(instr_refs))]
-    refs, counts = collect(STAGE, store, futures, [r.shard_id for r in instr_refs], keys,
-                           rerun=lambda i: submit(i, refresh=True).result())
-    completions = sum(r.rows for r in refs)
-    failed = sum(e.get("failed_requests", 0) for e in engines)
-    logger().info("generate: %d shards (%d written, %d unchanged, %d cached, %d failed), %d completions",
-                  len(instr_refs), counts["written"], counts["kept"], counts["cached"], counts["failed"], completions)
-    summary = {"shards": counts, "completions": completions, "failed_requests_this_run": failed,
+def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[str] | None = None) -> StageResult:
+    """Completion shards for the finished instruction shards (with `only`, just those ids)."""
+    instr_refs = sorted(instructions.refs, key=lambda r: r.shard_id)
+    rows = rows_by_source(cfg)
+    jobs = [ShardJob(r.shard_id, merge_key(r, cfg.generation, cfg.seed, rows), {"cfg": cfg, "instr": r})
+            for r in instr_refs]
+    # Planned before the engines run, so a run that dies in an engine still shows them unfinished.
+    store.write_plan(STAGE, {j.shard_id: j.key for j in jobs})
+    # A shard held back by `only` needs no parts; a finished one has them all already.
+    wanted = instr_refs if only is None else [r for r in instr_refs if r.shard_id in set(only)]
+    groups = engine_groups(cfg.generation)
+    plan = plan_for_pool(cfg.generation, groups, sum(r.rows for r in instr_refs))
+    logger().info("%s", plan.render())
+    engines = _engine_outcomes(_submit_engines(cfg, groups, wanted, plan))
+    done = run_shard_tasks(STAGE, store, jobs, merge_completions, only,
+                           detail=lambda o: f"{sum(r.rows for r in o.refs)} completions")
+    summary = {"shards": done.counts, "completions": sum(r.rows for r in done.refs),
+               "failed_requests_this_run": sum(e.get("failed_requests", 0) for e in engines),
                "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
                "engines": engines, "schedule": plan.to_dict()}
-    return StageResult(STAGE, refs, summary)
+    return StageResult(STAGE, done.refs, summary, done.failed)

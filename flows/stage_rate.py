@@ -1,7 +1,7 @@
 """Rating stage as Prefect tasks: one task per completions shard.
 
-Inputs: the run config, the finished completion shards (`upstream["generate"]`) and the
-instruction shards of the same ids (from the store). Outputs: `rate/<shard_id>.parquet`
+Inputs: the run config, the finished completion shards, the instruction shards of the
+same ids and optionally `only` (the shard ids a backfill is limited to). Outputs: `rate/<shard_id>.parquet`
 (RATINGS) with done markers, the stage plan, a request journal per shard
 (tasks.rating.journal), and a summary: shard counts, parse outcomes, requests sent and
 answered from the journal this run, and tokens and money per judge model.
@@ -15,8 +15,6 @@ once and stops when the stage ends.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict
 
 from prefect import task
@@ -27,7 +25,8 @@ import tasks.rating.prompts
 import tasks.rating.protocol
 import tasks.rating.rubrics
 import tasks.rating.stage
-from flows.common import StageResult, collect, key_from_param, logger, result_storage, transient_only
+from flows.common import StageResult, logger
+from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks, transient_only
 from storage.keys import code_version, shard_key
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import InputError
@@ -63,13 +62,6 @@ def rate_key(instr: ShardRef, comp: ShardRef, cfg) -> str:
     return shard_key(STAGE, [instr.sha256, comp.sha256], key_config(cfg), _code())
 
 
-def _log_dir(store: ShardStore) -> str:
-    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
-    if protocol in ("file", "local"):
-        return os.path.join(store.base, "logs")
-    return os.path.join(tempfile.gettempdir(), "ultrafeedback-logs")
-
-
 @task(name="rate-shard", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient_only,
       cache_key_fn=key_from_param, persist_result=True)
 def rate_one(cfg, instr: ShardRef, comp: ShardRef, key: str) -> dict:
@@ -79,7 +71,7 @@ def rate_one(cfg, instr: ShardRef, comp: ShardRef, key: str) -> dict:
     if existing is not None:
         return {"ref": existing, "action": "kept", "stats": None}
     journal = Journal(journal_path(cfg.output, comp.shard_id, cfg.rating.journal_dir, STAGE))
-    judge = open_judge(cfg.rating.endpoint, _log_dir(store), state_path(journal.path))
+    judge = open_judge(cfg.rating.endpoint, store.log_dir(), state_path(journal.path))
     table, stats = rate_shard(store.read_shard(instr), store.read_shard(comp), cfg.rating, cfg.seed, judge, journal)
     ref = store.write_shard(STAGE, comp.shard_id, table, "ratings", key)
     cost = "unpriced" if stats.cost_usd is None else f"{stats.cost_usd:.4f} USD"
@@ -90,9 +82,9 @@ def rate_one(cfg, instr: ShardRef, comp: ShardRef, key: str) -> dict:
     return {"ref": ref, "action": "written", "stats": asdict(stats)}
 
 
-def _pairs(store: ShardStore, upstream: dict) -> list[tuple[ShardRef, ShardRef]]:
-    comps = sorted(upstream["generate"].refs, key=lambda r: r.shard_id)
-    instr = {r.shard_id: r for r in (upstream["sample"].refs if "sample" in upstream else store.refs("sample"))}
+def _pairs(instructions: StageResult, completions: StageResult) -> list[tuple[ShardRef, ShardRef]]:
+    comps = sorted(completions.refs, key=lambda r: r.shard_id)
+    instr = {r.shard_id: r for r in instructions.refs}
     missing = [c.shard_id for c in comps if c.shard_id not in instr]
     if missing:
         raise InputError(f"rate: completion shards {missing[:5]} have no finished instruction shard of the same id")
@@ -127,45 +119,30 @@ def summarize_stage(store: ShardStore, refs: list[ShardRef]) -> dict:
     return {"parse_status": status, "cost": merge(*lines)}
 
 
-def run_rate(cfg, store: ShardStore, upstream: dict) -> StageResult:
-    pairs = _pairs(store, upstream)
-    keys = [rate_key(i, c, cfg) for i, c in pairs]
-    store.write_plan(STAGE, {c.shard_id: k for (_, c), k in zip(pairs, keys)})
-    shard_task = rate_one.with_options(result_storage=result_storage(store))
-
-    def submit(i, refresh=False):
-        t = shard_task.with_options(refresh_cache=True) if refresh else shard_task
-        return t.submit(cfg, pairs[i][0], pairs[i][1], keys[i])
-
-    recomputed: dict[int, dict] = {}
-
-    def rerun(i):
-        recomputed[i] = submit(i, refresh=True).result()
-        return recomputed[i]
-
+def run_rate(cfg, store: ShardStore, instructions: StageResult, completions: StageResult,
+             only: list[str] | None = None) -> StageResult:
+    """Rating shards for the finished completion shards (with `only`, just those ids)."""
+    jobs = [ShardJob(c.shard_id, rate_key(i, c, cfg), {"cfg": cfg, "instr": i, "comp": c})
+            for i, c in _pairs(instructions, completions)]
     try:
-        futures = [submit(i) for i in range(len(pairs))]
-        refs, counts = collect(STAGE, store, futures, [c.shard_id for _, c in pairs], keys, rerun=rerun)
+        done = run_shard_tasks(STAGE, store, jobs, rate_one, only,
+                               detail=lambda o: f"{sum(r.rows for r in o.refs)} rating rows")
     finally:
         close_engines()
     # A cached task returns the stats of the run that computed it: not this run's work.
-    outs = [recomputed[i] if i in recomputed else f.state.result() if f.state.is_completed()
-            and f.state.name != "Cached" else None for i, f in enumerate(futures)]
-    this_run = [o["stats"] for o in outs if o and o.get("stats")]
-    flight = batches_in_flight(cfg, [c.shard_id for _, c in pairs])
+    this_run = [done.outputs[s]["stats"] for s in done.fresh if done.outputs[s].get("stats")]
+    flight = batches_in_flight(cfg, [j.shard_id for j in jobs])
     if flight:
         _report_in_flight(cfg, flight)
-    summary = {"shards": counts, "ratings": sum(r.rows for r in refs),
+    summary = {"shards": done.counts, "ratings": sum(r.rows for r in done.refs),
                "judge": {"endpoint": cfg.rating.endpoint.name, "model": cfg.rating.endpoint.model,
                          "answer_mode": cfg.rating.endpoint.answer_mode, "mode": cfg.rating.endpoint.mode},
                "batches_in_flight": flight,
                "requests_sent_this_run": sum(s["sent"] for s in this_run),
                "answered_from_journal_this_run": sum(s["from_journal"] for s in this_run),
                "reasks_this_run": sum(s["reasks"] for s in this_run),
-               **summarize_stage(store, refs)}
+               **summarize_stage(store, done.refs)}
     if cfg.rating.endpoint.mode == "batch":
         summary["cost"] = with_realtime_equivalent(summary["cost"], cfg.rating.prices, "batch")
-    logger().info("rate: %d shards (%d written, %d unchanged, %d cached, %d failed), %d rating rows, %s\n%s",
-                  len(pairs), counts["written"], counts["kept"], counts["cached"], counts["failed"],
-                  summary["ratings"], summary["parse_status"], format_summary(summary["cost"]))
-    return StageResult(STAGE, refs, summary)
+    logger().info("rate: %s\n%s", summary["parse_status"], format_summary(summary["cost"]))
+    return StageResult(STAGE, done.refs, summary, done.failed)

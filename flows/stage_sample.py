@@ -15,7 +15,8 @@ from prefect import task
 import tasks.sources.adapters
 import tasks.sources.filters
 import tasks.sources.sampling
-from flows.common import StageResult, collect, key_from_param, logger, result_storage
+from flows.common import StageResult
+from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks
 from storage.keys import code_version, shard_key
 from storage.schemas import to_table
 from storage.shards import ShardStore, table_hash
@@ -57,21 +58,13 @@ def write_instruction_shard(output: str, selection: str, shard_id: str, start: i
     return {"ref": store.write_shard(STAGE, shard_id, table, "instructions", key), "action": "written"}
 
 
-def run_sample(cfg, store: ShardStore, upstream: dict) -> StageResult:
+def run_sample(cfg, store: ShardStore, only: list[str] | None = None) -> StageResult:
+    """Instruction shards of the run (all of them, or with `only` just those ids)."""
     plan = plan_sample(cfg)
-    shards = plan["shards"]
-    store.write_plan(STAGE, {s["shard_id"]: s["key"] for s in shards})
-    shard_task = write_instruction_shard.with_options(result_storage=result_storage(store))
-
-    def submit(s, refresh=False):
-        t = shard_task.with_options(refresh_cache=True) if refresh else shard_task
-        return t.submit(cfg.output, plan["selection"], s["shard_id"], s["start"], s["stop"], s["key"])
-
-    futures = [submit(s) for s in shards]
-    refs, counts = collect(STAGE, store, futures, [s["shard_id"] for s in shards], [s["key"] for s in shards],
-                           rerun=lambda i: submit(shards[i], refresh=True).result())
-    rows = sum(r.rows for r in refs)
-    logger().info(
-        "sample: %d shards (%d written, %d unchanged, %d cached, %d failed), %d instructions",
-        len(shards), counts["written"], counts["kept"], counts["cached"], counts["failed"], rows)
-    return StageResult(STAGE, refs, {"shards": counts, "instructions": rows, "sources": plan["counts"]})
+    jobs = [ShardJob(s["shard_id"], s["key"], {"output": cfg.output, "selection": plan["selection"],
+                                               "shard_id": s["shard_id"], "start": s["start"], "stop": s["stop"]})
+            for s in plan["shards"]]
+    done = run_shard_tasks(STAGE, store, jobs, write_instruction_shard, only,
+                           detail=lambda o: f"{sum(r.rows for r in o.refs)} instructions")
+    summary = {"shards": done.counts, "instructions": sum(r.rows for r in done.refs), "sources": plan["counts"]}
+    return StageResult(STAGE, done.refs, summary, done.failed)

@@ -2,79 +2,96 @@
 
 Inputs: a RunConfig (the flow's parameters, shown as a form in the Prefect UI) and the
 stages to run. Outputs: the stages' shards under `config.output`, `manifest.json` (each
-stage's shards with state, rows and content hash, plus the run's summary) and the summary
-returned as the flow's result.
+stage's shards with state, rows and content hash, plus the run's summary), the run's
+artifacts, and the summary as the flow's result.
 
-A stage that is not run reads its upstream's finished shards from the store, so
-`--stages generate` works on instruction shards written by an earlier run.
+A stage that is not run hands on its finished shards from the store, so `--stages
+generate` works on instruction shards written by an earlier run. A shard task that fails
+does not stop the others; when every stage has run, a run with failed shards ends in
+state Failed (its summary is still the result and its artifact names the shards), so
+Prefect's Retry runs it again and only the unfinished shards do work.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Literal
-
 from prefect import flow
+from prefect.states import Failed
 
-from flows.backfill import record_config
 from flows.common import StageResult, logger, quiet_expected_errors
-from flows.config import STAGES, RunConfig, validate_config
-from flows.progress import publish_run
-from flows.shard_gate import default_task_runner
+from flows.config import STAGES, RunConfig, Stage, checked_stages, validate_config
+from flows.faults import requested_faults
+from flows.progress import publish_artifacts
+from flows.run_record import record_config
+from flows.stage_assemble import run_assemble
+from flows.stage_audit import run_audit
+from flows.stage_generate import run_generate
+from flows.stage_rate import run_rate
+from flows.stage_sample import run_sample
 from storage.shards import ShardStore
 from tasks.errors import InputError
 
-Stage = Literal["sample", "generate", "rate", "assemble"]
-
-# stage -> (module, runner); imported lazily so a stage's heavy imports stay out of others.
-RUNNERS = {
-    "sample": ("flows.stage_sample", "run_sample"),
-    "generate": ("flows.stage_generate", "run_generate"),
-    "rate": ("flows.stage_rate", "run_rate"),
-    "assemble": ("flows.stage_assemble", "run_assemble"),
-}
-UPSTREAM = {"sample": None, "generate": "sample", "rate": "generate", "assemble": "rate"}
 quiet_expected_errors()
 
 
-def _runner(stage: str):
-    module, name = RUNNERS[stage]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"stage {stage!r} is not available in this installation: {exc}") from None
+def finished(store: ShardStore, stage: str, needed_by: str | None = None) -> StageResult:
+    """A stage that does not run now: its finished shards (InputError if `needed_by` finds none)."""
+    refs = store.refs(stage)
+    if needed_by and not refs:
+        raise InputError(f"stage {needed_by!r} needs finished {stage!r} shards in {store.root}; "
+                         f"run --stages {stage} first")
+    return StageResult(stage, refs)
 
 
-def run_stages(cfg: RunConfig, stages: list[str]) -> dict:
+def run_pipeline(cfg: RunConfig, stages: list[str], only: list[str] | None = None) -> dict:
+    """Run the chosen stages in order (`only`: the shard ids a backfill is limited to); the summary."""
+    todo = checked_stages(stages)
+    requested_faults()  # a malformed fault spec fails here, before anything is written
     store = ShardStore(cfg.output)
     record_config(store, cfg)
-    results: dict[str, StageResult] = {}
-    summary: dict = {"run": cfg.name, "seed": cfg.seed, "stages": {}}
-    for stage in [s for s in STAGES if s in stages]:
-        up = UPSTREAM[stage]
-        if up and up not in results:
-            refs = store.refs(up)
-            if not refs and not (up == "rate" and cfg.publish.judge_free):  # delta pairs need no judge
-                raise InputError(f"stage {stage!r} needs finished {up!r} shards in {cfg.output}; run --stages {up} first")
-            results[up] = StageResult(up, refs)
-        result = _runner(stage)(cfg, store, results)
-        results[stage] = result
-        summary["stages"][stage] = result.summary
-        if stage == "rate":  # the judge audit belongs to the rate stage's side (off unless audit.enabled)
-            summary["stages"].update(importlib.import_module("flows.stage_audit").run_audit(cfg, store, results))
+    instructions = completions = ratings = audit = published = None
+    if "sample" in todo:
+        instructions = run_sample(cfg, store, only)
+    if "generate" in todo:
+        instructions = instructions or finished(store, "sample", needed_by="generate")
+        completions = run_generate(cfg, store, instructions, only)
+    if "rate" in todo:
+        completions = completions or finished(store, "generate", needed_by="rate")
+        ratings = run_rate(cfg, store, instructions or finished(store, "sample"), completions, only)
+        # The judge audit belongs to the rate stage's side (off unless audit.enabled).
+        audit = run_audit(cfg, store, instructions or finished(store, "sample"), completions, ratings)
+    if "assemble" in todo:
+        # Delta pairs need no judge: a judge-free run assembles without rate shards.
+        ratings = ratings or finished(store, "rate", needed_by=None if cfg.publish.judge_free else "assemble")
+        published = run_assemble(cfg, store, instructions or finished(store, "sample"),
+                                 completions or finished(store, "generate"), ratings)
+    ran = [r for r in (instructions, completions, ratings, published) if r is not None and r.stage in todo]
+    ran += [audit] if audit is not None else []
+    return record_run(cfg, store, ran)
+
+
+def record_run(cfg: RunConfig, store: ShardStore, ran: list[StageResult]) -> dict:
+    """Write the manifest and the run's artifacts; the summary (earlier stages' entries kept)."""
     previous = (store.read_manifest() or {}).get("summary", {}).get("stages", {})
-    summary["stages"] = {**previous, **summary["stages"]}
+    summary = {"run": cfg.name, "seed": cfg.seed, "stages": {**previous, **{r.stage: r.summary for r in ran}},
+               "failed": {r.stage: r.failed for r in ran if r.failed}}
     manifest = store.write_manifest({"summary": summary, "config": cfg.model_dump(mode="json")})
-    publish_run(manifest, summary, cfg.output)
+    publish_artifacts(manifest, summary, cfg.output)
     return summary
 
 
-@flow(name="ultrafeedback", log_prints=False, validate_parameters=True, task_runner=default_task_runner())
+def final_state(summary: dict, what: str = "run"):
+    """The summary itself when every shard finished, else a Failed state carrying it."""
+    failed = [f"{stage}:{shard}" for stage, ids in summary.get("failed", {}).items() for shard in ids]
+    if not failed:
+        return summary
+    shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+    return Failed(message=f"{what} {summary.get('run')}: {len(failed)} shard(s) failed ({shown}); the other shards "
+                          "are written. Retry this flow run or backfill the output to finish it.", data=summary)
+
+
+@flow(name="ultrafeedback", log_prints=False, validate_parameters=True)
 def ultrafeedback(config: RunConfig, stages: list[Stage] = list(STAGES)) -> dict:
     """Build an UltraFeedback-style dataset: sample, generate, rate, assemble."""
     cfg = validate_config(config)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise InputError(f"stages: unknown {unknown}; choose from {list(STAGES)}")
-    summary = run_stages(cfg, list(stages))
+    summary = run_pipeline(cfg, list(stages))
     logger().info("run %s finished: %s", cfg.name, {k: v.get("shards") for k, v in summary["stages"].items()})
-    return summary
+    return final_state(summary)

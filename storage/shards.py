@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -23,7 +25,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schemas import SCHEMA_VERSION, SCHEMAS, validate_table
+from storage.schemas import SCHEMA_VERSION, validate_table
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,25 @@ class ShardStore:
     def shard_path(self, stage: str, shard_id: str) -> str:
         return self._p(stage, f"{shard_id}.parquet")
 
+    @property
+    def protocol(self) -> str:
+        """The filesystem's protocol ("file", "s3", "memory", ...)."""
+        return self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+
+    def is_local(self) -> bool:
+        """True when the store is a folder on this machine (its paths are OS paths)."""
+        return self.protocol in ("file", "local")
+
+    def log_dir(self) -> str:
+        """Where engine and judge logs go: `{root}/logs` for a local store, else a local temp folder
+        (a log is appended line by line, which object stores cannot do)."""
+        if self.is_local():
+            return os.path.join(self.base, "logs")
+        return os.path.join(tempfile.gettempdir(), "ultrafeedback-logs")
+
     def url(self, path: str) -> str:
         """Full URL of a store path (what a ShardRef records)."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return path if protocol in ("file", "local") else f"{protocol}://{path.lstrip('/')}"
+        return path if self.is_local() else f"{self.protocol}://{path.lstrip('/')}"
 
     # -- json helpers ------------------------------------------------------------
     def write_json(self, path: str, obj) -> None:
@@ -197,7 +214,3 @@ class ShardStore:
     def read_manifest(self) -> dict | None:
         path = self._p("manifest.json")
         return self.read_json(path) if self.fs.exists(path) else None
-
-
-def schema_names() -> list[str]:
-    return list(SCHEMAS)

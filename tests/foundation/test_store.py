@@ -76,3 +76,16 @@ def test_content_hash_ignores_where_a_slice_came_from():
     big = to_table(_rows(5), "instructions")
     small = to_table(_rows(2), "instructions")
     assert table_hash(big.slice(0, 2)) == table_hash(small)
+
+
+def test_a_local_store_keeps_logs_beside_the_run_and_a_remote_one_in_a_local_temp_folder(tmp_path):
+    import tempfile
+
+    local = ShardStore(str(tmp_path / "out"))
+    assert local.is_local() and local.protocol == "file"
+    assert local.log_dir() == str(tmp_path / "out" / "logs")
+    assert local.url(local.shard_path("sample", "a")) == str(tmp_path / "out" / "sample" / "a.parquet")
+    remote = ShardStore("memory://logs-test/run")
+    assert not remote.is_local() and remote.protocol == "memory"
+    assert remote.log_dir() == f"{tempfile.gettempdir()}/ultrafeedback-logs"
+    assert remote.url(remote.shard_path("sample", "a")) == "memory://logs-test/run/sample/a.parquet"

@@ -41,7 +41,9 @@ def test_generate_after_sample_then_generate_alone(prefect_harness, tmp_path):
 def test_dead_engine_fails_its_shards_and_a_rerun_backfills(prefect_harness, tmp_path):
     out = str(tmp_path / "run")
     dying = load_config(CFG, ["generation.models.2.script={die_after: 0}"], output=out)
-    summary = ultrafeedback(config=dying, stages=["sample", "generate"])["stages"]["generate"]
+    state = ultrafeedback(config=dying, stages=["sample", "generate"], return_state=True)
+    assert state.is_failed() and "5 shard(s) failed" in state.message  # the run says so; its result is the summary
+    summary = state.result(raise_on_failure=False)["stages"]["generate"]
     assert summary["shards"]["failed"] == 5 and summary["shards"]["written"] == 0
     assert any("EngineDiedError" in e.get("error", "") for e in summary["engines"])
     store = ShardStore(out)

@@ -14,16 +14,12 @@ import pytest
 
 from flows.backfill import backfill
 from flows.cli import status_data
-from flows.shard_gate import FAULT_ENV, ShardGateTaskRunner
+from flows.faults import FAULT_ENV
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
 from tests.ops.helpers import SCRIPTED, expected_requests, published_tables, scripted, shard_mtimes
 
 FAILED = "sharegpt-00000"
-
-
-def _gated():
-    return ultrafeedback.with_options(task_runner=ShardGateTaskRunner())
 
 
 def _artifacts(flow_run_id):
@@ -40,10 +36,14 @@ def test_failed_shard_then_backfill_equals_a_clean_run_and_resends_only_that_sha
     ultrafeedback(config=clean_cfg)
 
     monkeypatch.setenv(FAULT_ENV, f"sample:{FAILED}")
-    state = _gated()(config=cfg, return_state=True)
+    state = ultrafeedback(config=cfg, return_state=True)
     monkeypatch.delenv(FAULT_ENV)
-    first = state.result()
-    assert first["stages"]["sample"]["shards"]["failed"] == 1
+    # the run ends Failed after every other shard finished, and says which shard failed
+    assert state.is_failed() and f"1 shard(s) failed (sample:{FAILED})" in state.message
+    first = state.result(raise_on_failure=False)
+    assert first["failed"] == {"sample": [FAILED]}
+    assert first["stages"]["sample"]["shards"] == {"written": 4, "kept": 0, "cached": 0, "failed": 1}
+    assert all(first["stages"][s]["shards"]["failed"] == 0 for s in ("generate", "rate", "assemble"))
     store = ShardStore(cfg.output)
     sample = status_data(cfg.output)["stages"]["sample"]["shards"]
     assert sample[FAILED]["state"] == "failed" and "InjectedFault" in sample[FAILED]["error"]
@@ -90,7 +90,7 @@ def test_failed_shard_then_backfill_equals_a_clean_run_and_resends_only_that_sha
 def test_backfill_of_named_shards_leaves_the_others_for_later(prefect_harness, tmp_path, monkeypatch):
     cfg = scripted(tmp_path / "run")
     monkeypatch.setenv(FAULT_ENV, f"sample:{FAILED},sample:flan-00000")
-    _gated()(config=cfg, stages=["sample"])
+    assert ultrafeedback(config=cfg, stages=["sample"], return_state=True).is_failed()
     monkeypatch.delenv(FAULT_ENV)
     store = ShardStore(cfg.output)
     assert store.incomplete("sample") == ["flan-00000", FAILED]
@@ -99,9 +99,12 @@ def test_backfill_of_named_shards_leaves_the_others_for_later(prefect_harness, t
     result = backfill(output=cfg.output, shards=["flan-00000"])
     assert result["stages_run"] == ["sample"]
     assert result["backfilled"] == {"sample": ["flan-00000"]} and result["still_unfinished"] == {}
+    assert result["summary"]["stages"]["sample"]["shards"] == {"written": 1, "kept": 0, "cached": 3, "failed": 0,
+                                                               "held": 1}
     states = store.shard_states("sample")
     assert states["flan-00000"]["state"] == "done"
-    assert states[FAILED]["state"] == "failed" and "ShardNotSelected" in states[FAILED]["error"]
+    # held back, not run: it keeps the error of the run that failed it
+    assert states[FAILED]["state"] == "failed" and "InjectedFault" in states[FAILED]["error"]
     after = shard_mtimes(cfg.output, "sample")
     assert {f: t for f, t in after.items() if f != "flan-00000.parquet"} == done_before
 

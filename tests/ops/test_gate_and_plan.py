@@ -1,13 +1,14 @@
-"""Fault-injection parsing, shard recognition and backfill planning, without Prefect runs."""
+"""Fault-injection parsing, stage validation, the run record and backfill planning, without Prefect runs."""
 from __future__ import annotations
 
 import pytest
 
-from flows.backfill import plan_backfill, record_config, recorded_config
-from flows.shard_gate import (FAULT_ENV, InjectedFault, ShardGateTaskRunner, ShardNotSelected, _verdict,
-                              default_task_runner, parse_faults, select_shards, shard_of)
+from flows.backfill import plan_backfill
+from flows.config import ConfigError, checked_stages
+from flows.faults import FAULT_ENV, InjectedFault, fault_for, parse_faults, requested_faults
+from flows.run_record import record_config, recorded_config
 from storage.schemas import to_table
-from storage.shards import ShardRef, ShardStore
+from storage.shards import ShardStore
 from tasks.errors import InputError
 from tests.ops.helpers import scripted
 
@@ -21,40 +22,25 @@ def test_parse_faults_accepts_stage_shard_pairs_and_rejects_typos():
         parse_faults("sample")
 
 
-def test_shard_of_reads_the_id_from_any_parameter_shape():
-    ref = ShardRef("generate", "flan-00000", "/x", 3, "h", "k")
-    assert shard_of("sample-shard", {"shard_id": "a-00001", "key": "k"}) == ("sample", "a-00001")
-    assert shard_of("rate-shard", {"cfg": object(), "instr": ref, "comp": ref, "key": "k"}) == ("rate", "flan-00000")
-    assert shard_of("generate-merge", {"shard": {"shard_id": "b-00002"}}) == ("generate", "b-00002")
-    # an engine task gets a list of refs: not a shard task
-    assert shard_of("generate-engine-scripted", {"instr_refs": [ref], "key": "k"}) is None
-    assert shard_of("sample-plan", {"cfg": object()}) is None
-    assert shard_of("other-task", {"shard_id": "a"}) is None
-
-
-class _Task:
-    def __init__(self, name):
-        self.name = name
-
-
-def test_verdict_injects_named_faults_only(monkeypatch):
+def test_faults_name_shards_or_whole_stages(monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "sample:a-00001,rate:*")
-    assert isinstance(_verdict(_Task("sample-shard"), {"shard_id": "a-00001"}), InjectedFault)
-    assert _verdict(_Task("sample-shard"), {"shard_id": "a-00002"}) is None
-    assert isinstance(_verdict(_Task("rate-shard"), {"shard_id": "z-00009"}), InjectedFault)
-    assert _verdict(_Task("generate-merge"), {"shard_id": "a-00001"}) is None
+    faults = requested_faults()
+    assert isinstance(fault_for("sample", "a-00001", faults), InjectedFault)
+    assert "UF_FAIL_SHARDS forces sample:a-00001 to fail" in str(fault_for("sample", "a-00001", faults))
+    assert fault_for("sample", "a-00002", faults) is None
+    assert isinstance(fault_for("rate", "z-00009", faults), InjectedFault)
+    assert fault_for("generate", "a-00001", faults) is None
     monkeypatch.delenv(FAULT_ENV)
-    assert _verdict(_Task("sample-shard"), {"shard_id": "a-00001"}) is None
-
-
-def test_default_runner_is_the_plain_thread_pool_unless_a_fault_is_asked(monkeypatch):
-    monkeypatch.delenv(FAULT_ENV, raising=False)
-    assert type(default_task_runner()).__name__ == "ThreadPoolTaskRunner"
-    monkeypatch.setenv(FAULT_ENV, "generate:x-00000")
-    assert isinstance(default_task_runner(), ShardGateTaskRunner)
+    assert requested_faults() == set()
     monkeypatch.setenv(FAULT_ENV, "bogus")
-    with pytest.raises(ValueError):
-        default_task_runner()
+    with pytest.raises(ValueError, match="UF_FAIL_SHARDS"):
+        requested_faults()
+
+
+def test_stages_come_back_in_pipeline_order_and_unknown_ones_are_named():
+    assert checked_stages(["assemble", "sample"]) == ["sample", "assemble"]
+    with pytest.raises(ConfigError, match=r"--stages: unknown \['judge'\]"):
+        checked_stages(["sample", "judge"], "--stages")
 
 
 def _rows(n, tag):
@@ -77,18 +63,6 @@ def _plan(store, stage, ids, done=(), failed=()):
         store.write_shard(stage, i, to_table(_rows(2, i), "instructions"), "instructions", f"key-{i}")
     for i in failed:
         store.mark_failed(stage, i, "RuntimeError: boom")
-
-
-def test_selection_skips_only_unfinished_unselected_known_shards(store):
-    _plan(store, "sample", ["a", "b", "c"], done=["a"], failed=["b"])
-    task = _Task("sample-shard")
-    with select_shards(store, ["b"], ["a", "b", "c"]):
-        assert _verdict(task, {"shard_id": "b", "key": "key-b"}) is None  # selected
-        assert _verdict(task, {"shard_id": "a", "key": "key-a"}) is None  # finished: runs, returns its shard
-        assert isinstance(_verdict(task, {"shard_id": "c", "key": "key-c"}), ShardNotSelected)
-        assert isinstance(_verdict(task, {"shard_id": "a", "key": "new-key"}), ShardNotSelected)  # stale
-        assert _verdict(_Task("assemble-publish"), {"shard_id": "published", "key": "k"}) is None  # not a known id
-    assert _verdict(task, {"shard_id": "c", "key": "key-c"}) is None  # outside the block
 
 
 def test_plan_runs_from_the_first_unfinished_stage_downstream(store):
@@ -118,7 +92,7 @@ def test_plan_with_shards_limits_the_scope_and_checks_ids(store):
     assert plan_backfill(store, shards=["a"]).stages == []  # finished: nothing to do
     with pytest.raises(InputError, match=r"shards: \['zz'\] are not shards of this run"):
         plan_backfill(store, shards=["zz"])
-    with pytest.raises(InputError, match="stages: unknown"):
+    with pytest.raises(ConfigError, match="stages: unknown"):
         plan_backfill(store, stages=["judge"])
 
 

@@ -32,7 +32,7 @@ def test_everything_is_a_no_op_outside_a_flow_run():
     tracker.update({"written": 1})
     tracker.finish({"written": 2, "failed": 1})
     assert tracker.done == 3
-    assert progress.publish_run(MANIFEST, SUMMARY, "/runs/x") == []
+    assert progress.publish_artifacts(MANIFEST, SUMMARY, "/runs/x") == []
 
 
 def test_listeners_see_each_stage_and_a_broken_listener_cannot_stop_a_run():

@@ -1,6 +1,7 @@
 """Against a real `prefect server` (SQLite): bootstrap, deploy, a process worker, runs
-triggered with parameters, a forced shard failure, a backfill from the CLI, artifacts read
-back through the client, and a rerun with changed parameters.
+triggered with parameters, a forced shard failure (the run ends Failed), a backfill from
+the CLI, the UI's Retry of a failed run, artifacts read back through the client, and a
+rerun with changed parameters.
 
 One server and one worker for the module; the scripted config keeps each pipeline run to
 seconds. Runs are created the way the UI creates them (POST create_flow_run), with
@@ -150,7 +151,7 @@ def test_deployments_carry_the_config_and_the_schedule(deployed, prefect_server)
 def test_forced_failure_then_cli_backfill_reruns_only_that_shard(deployed, prefect_server):
     out, cfg = deployed["out"], deployed["cfg"]
     run = _trigger(prefect_server, "ultrafeedback/scheduled", job_variables={"env": {"UF_FAIL_SHARDS": f"sample:{FAILED}"}})
-    assert run.state.is_completed(), prefect_server.log_tail()
+    assert run.state.is_failed() and f"sample:{FAILED}" in run.state.message, prefect_server.log_tail()
     store = ShardStore(out)
     assert store.incomplete("sample") == [FAILED] and _summary(out)["sample"]["shards"]["failed"] == 1
     arts = _artifacts(prefect_server, run.id)
@@ -202,3 +203,58 @@ def test_rerun_with_changed_parameters_recomputes_only_what_changed(deployed, pr
         changed = {f for f in after if before[stage].get(f) != after[f]}
         assert changed == {"sharegpt-00000.parquet", "sharegpt-00001.parquet"}, stage
     assert summary["assemble"]["shards"]["written"] == 1
+
+
+def test_a_run_with_a_failed_shard_ends_failed_and_retry_rewrites_only_that_shard(deployed, prefect_server, tmp_path):
+    """The drill: a host whose judge breaks one shard, then fixed; the run is retried as the UI does."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.deployments.runner import EntrypointType, RunnerDeployment
+    from prefect.states import State
+
+    from deployments.bootstrap import ensure_pool
+    from deployments.spec import PoolSpec
+    from flows.ultrafeedback import ultrafeedback
+    from tests.servers.prefect_server import stop_process
+
+    pool, out = "ultrafeedback-drill", str(tmp_path / "drill")
+    cfg = scripted(out)
+    with prefect_server.settings():
+        with _client() as client:
+            ensure_pool(client, pool, PoolSpec(description="fault drill"))
+        RunnerDeployment.from_flow(ultrafeedback, name="drill", parameters={"config": cfg.model_dump(mode="json")},
+                                   work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH).apply()
+    # the fault is in the worker's environment, as a broken host would be; the run's own parameters are clean
+    faulty = prefect_server.start_worker(pool, log_name="drill-faulty.log", UF_FAIL_SHARDS=f"rate:{FAILED}")
+    run = _trigger(prefect_server, "ultrafeedback/drill")
+    stop_process(faulty)
+    assert run.state.is_failed(), prefect_server.log_tail()
+    assert f"1 shard(s) failed (rate:{FAILED})" in run.state.message
+    store = ShardStore(out)
+    assert store.incomplete("rate") == [FAILED]
+    assert all(not store.incomplete(s) for s in ("sample", "generate", "assemble"))  # every other shard finished
+    summary_art = next(a for a in _artifacts(prefect_server, run.id) if a.key == "scripted-run-summary")
+    assert f"`rate:{FAILED}` failed: InjectedFault" in summary_art.data and "Retry this flow run" in summary_art.data
+    before = {s: shard_mtimes(out, s) for s in ("sample", "generate", "rate")}
+
+    # the UI's Retry button: POST /flow_runs/{id}/set_state {type: SCHEDULED, name: AwaitingRetry}, force false
+    with prefect_server.settings(), _client() as client:
+        accepted = client.set_flow_run_state(run.id, State(type=StateType.SCHEDULED, name="AwaitingRetry",
+                                                           message="Retry from the UI"), force=False)
+    assert accepted.status == SetStateStatus.ACCEPT, accepted.details
+    prefect_server.start_worker(pool, log_name="drill-fixed.log")
+    retried = _wait(prefect_server, run.id)
+    assert retried.id == run.id and retried.run_count == 2
+    assert retried.state.is_completed(), prefect_server.log_tail()
+
+    assert all(not store.incomplete(s) for s in store.stages())
+    summary = _summary(out)
+    assert summary["rate"]["shards"]["written"] == 1 and summary["rate"]["shards"]["failed"] == 0
+    want = expected_requests(cfg, store.done("sample", FAILED).rows)["rate"]
+    assert summary["rate"]["requests_sent_this_run"] == want  # that shard's requests, no other
+    for stage in ("sample", "generate"):
+        assert summary[stage]["shards"]["written"] == 0, (stage, summary[stage]["shards"])
+    assert {s: shard_mtimes(out, s) for s in ("sample", "generate")} == {s: before[s] for s in ("sample", "generate")}
+    rate_after = shard_mtimes(out, "rate")  # only the failed shard was written again
+    assert rate_after.pop(f"{FAILED}.parquet") and rate_after == before["rate"]
+    assert summary["assemble"]["shards"]["written"] == 1  # the new ratings are published

@@ -1,0 +1,141 @@
+"""The one way a stage runs its shard tasks: plan, submit, collect, count, one summary line.
+
+Inputs: the stage name, the shard store, one `ShardJob` per shard the stage must produce
+(its id, its cache key and the task's other arguments), the Prefect task that writes one
+shard, and optionally `only`, the shard ids a backfill is limited to. Output: a
+`ShardOutcome`: the finished shards' references in plan order, the counts (written, kept,
+cached, failed, in_flight when provider batches hold a shard's requests, held when `only` is
+given), the ids that failed, and each finished
+task's returned dict. Along the way: the stage's `_plan.json`, a `.failed` marker per shard
+whose task gave up, a progress artifact per stage and one log line.
+
+Every shard task takes a `key` parameter and returns `{"ref": ShardRef, "action": "written"
+| "kept", ...}`; it checks the shard's done marker itself, so it is correct when called
+alone. Caching has two layers that must agree: Prefect's cache (`key_from_param`, a hit
+shows as "Cached" in the UI) and the shard's done marker (which also works without
+Prefect's records). A Prefect hit whose shard file was deleted since is submitted again
+with `refresh_cache`, so a cache record never stands in for a missing shard.
+
+With `only`, a shard outside it is submitted only when it is already finished for its key
+(it returns its shard); an unfinished one is held: not run, left in its state for a later
+backfill. Shards named in UF_FAIL_SHARDS are replaced by a failing stand-in (flows/faults.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from prefect import Task
+from prefect.context import TaskRunContext
+
+from flows.common import logger
+from flows.faults import failing_stand_in, fault_for, requested_faults
+from storage.shards import ShardRef, ShardStore
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    shard_id: str
+    key: str  # cache key: inputs' hashes, the settings that change the output, code version
+    args: dict[str, Any]  # the task's other keyword arguments
+
+
+@dataclass
+class ShardOutcome:
+    refs: list[ShardRef]  # finished shards, plan order
+    counts: dict[str, int]
+    failed: list[str] = field(default_factory=list)
+    outputs: dict[str, dict] = field(default_factory=dict)  # shard id -> the task's returned dict
+    fresh: set[str] = field(default_factory=set)  # shard ids whose task ran this time (not a cache hit)
+
+    def line(self, stage: str) -> str:
+        c = self.counts
+        held = f", {c['held']} held back" if c.get("held") else ""
+        return (f"{stage}: {sum(c.values())} shards ({c['written']} written, {c['kept']} unchanged, "
+                f"{c['cached']} cached, {c['failed']} failed{held})")
+
+
+def key_from_param(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key = the task's name + its `key` parameter (inputs' hashes, config, code)."""
+    return f"{context.task.name}:{parameters['key']}"
+
+
+def result_storage(store: ShardStore) -> Path | None:
+    """Keep Prefect's cache records beside a local run (deleted with it); else the default."""
+    return Path(store.base) / ".prefect-results" if store.is_local() else None
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect retry condition: retry a shard only for TransientError (bad input never heals)."""
+    from tasks.errors import TransientError
+
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def run_shard_tasks(stage: str, store: ShardStore, jobs: list[ShardJob], task: Task,
+                    only: Iterable[str] | None = None,
+                    detail: Callable[[ShardOutcome], str] | None = None) -> ShardOutcome:
+    """Run one task per job and collect them (see the module docstring); logs one line,
+    the counts plus `detail(outcome)`."""
+    from flows.progress import track
+
+    store.write_plan(stage, {j.shard_id: j.key for j in jobs})
+    task = task.with_options(result_storage=result_storage(store))
+    faults = requested_faults()
+
+    def submit(job: ShardJob, refresh: bool = False):
+        exc = fault_for(stage, job.shard_id, faults)
+        t = failing_stand_in(task, exc) if exc else task.with_options(refresh_cache=True) if refresh else task
+        return t.submit(**job.args, key=job.key)
+
+    outcome = ShardOutcome([], {"written": 0, "kept": 0, "cached": 0, "failed": 0})
+    run = jobs
+    if only is not None:
+        chosen = set(only)
+        run = [j for j in jobs if j.shard_id in chosen or store.done_with_key(stage, j.shard_id, j.key) is not None]
+        outcome.counts["held"] = len(jobs) - len(run)
+    futures = [submit(j) for j in run]  # all at once: the task runner runs them side by side
+    progress = track(stage, len(run))
+    for i, (job, fut) in enumerate(zip(run, futures)):
+        if i:
+            progress.update(outcome.counts)
+        _collect_one(stage, store, job, fut, outcome, lambda: submit(job, refresh=True))
+    progress.finish(outcome.counts)
+    logger().info("%s%s", outcome.line(stage), f", {detail(outcome)}" if detail else "")
+    return outcome
+
+
+def _collect_one(stage: str, store: ShardStore, job: ShardJob, fut, outcome: ShardOutcome, resubmit=None) -> None:
+    from tasks.errors import BatchInFlight
+
+    state = fut.wait() or fut.state
+    if state.is_failed() or state.is_crashed():
+        try:
+            state.result()
+        except BatchInFlight:
+            # Its requests wait in provider batches: not failed, pending for a later run to collect.
+            outcome.counts["in_flight"] = outcome.counts.get("in_flight", 0) + 1
+            return
+        except Exception as exc:  # the shard's own error, kept for status, the run summary and a backfill
+            store.mark_failed(stage, job.shard_id, f"{type(exc).__name__}: {exc}")
+        outcome.counts["failed"] += 1
+        outcome.failed.append(job.shard_id)
+        return
+    out = state.result()
+    if state.name == "Cached" and store.done_with_key(stage, job.shard_id, job.key) is None and resubmit:
+        # Prefect remembers a shard whose file is gone: compute it again, bypassing the cache.
+        return _collect_one(stage, store, job, resubmit(), outcome)
+    if state.name == "Cached":
+        outcome.counts["cached"] += 1
+    else:
+        outcome.counts[out["action"]] += 1
+        outcome.fresh.add(job.shard_id)
+    outcome.outputs[job.shard_id] = out
+    outcome.refs.append(out["ref"])
