@@ -4,7 +4,7 @@ Inputs: a `JudgeEndpoint` (tasks.rating.config) and Batch-style request records.
 Batch-style results, yielded as answers arrive (so a journal can keep each one before the
 next), with `usage` inside `response.body`.
 
-Requests go out concurrently through the endpoint's shared limiter (tasks.rating.limiter).
+Requests go out concurrently through the endpoint's shared limiter (tasks.backends.limiter).
 The SDK's own retries are off (max_retries=0): they would retry 429s behind the limiter's
 back. Within a request only two things are retried, by tenacity: 429s (the limiter decides
 the wait; past `max_rate_limit_wait_s` the run raises RateLimitedError and the orchestrator
@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from tasks.backends.base import BatchRequest, BatchResult, result_error, result_ok
 from tasks.errors import InputError, RateLimitedError
 from tasks.rating.config import JudgeEndpoint
-from tasks.rating.limiter import EndpointLimiter, estimate_prompt_tokens, limiter_for
+from tasks.backends.limiter import EndpointLimiter, estimate_prompt_tokens, limiter_for
 from tasks.rating.protocol import find_aspect
 
 log = logging.getLogger(__name__)

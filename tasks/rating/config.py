@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.generation.config import EngineSettings
+from tasks.backends.engine_settings import EngineSettings
 from tasks.rating.protocol import ASPECTS
 
 Kind = Literal["openai", "azure", "openai_compatible", "local_vllm", "scripted"]

@@ -21,7 +21,7 @@ _lock = threading.Lock()
 
 def _launch(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
     from tasks.backends.vllm_server import VLLMServerBackend
-    from tasks.generation.config import resolve_model
+    from tasks.backends.engine_settings import resolve_model
 
     eng = endpoint.engine
     return VLLMServerBackend(

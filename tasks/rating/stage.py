@@ -30,7 +30,7 @@ from tasks.errors import InputError, TransientError
 from tasks.rating import prompts
 from tasks.rating.config import RatingConfig
 from tasks.rating.cost import request_cost, usage_tokens
-from tasks.rating.journal import Journal, JournaledBackend
+from tasks.backends.journal import Journal, JournaledBackend
 from tasks.rating.parse import Judgement, ParsedAnswer, parse
 from tasks.rating.protocol import CRITIQUE
 

@@ -27,8 +27,8 @@ from storage.schemas import to_table
 from tasks.backends.openai_judge import OpenAIJudgeBackend
 from tasks.errors import RateLimitedError, TransientError
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
-from tasks.rating.limiter import reset_limiters
+from tasks.backends.journal import Journal
+from tasks.backends.limiter import reset_limiters
 from tasks.rating.protocol import CRITIQUE, fence_response, fence_text, find_response, find_texts
 from tasks.rating.stage import rate_shard
 from tests.ops.helpers import published_tables

@@ -12,7 +12,7 @@ import time
 from storage.schemas import to_table
 from tasks.backends.scripted_judge import ScriptedJudge
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row
 

@@ -14,7 +14,7 @@ import pytest
 from tasks.backends.base import make_request, result_error
 from tasks.backends.scripted_judge import ScriptedCrash, ScriptedJudge
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal, JournaledBackend, journal_path
+from tasks.backends.journal import Journal, JournaledBackend, journal_path
 from tasks.rating.stage import rate_shard
 from tests.rating.crash_worker import CFG, shard as worker_shard
 

@@ -14,7 +14,7 @@ import pytest
 
 from tasks.backends.openai_judge import OpenAIJudgeBackend
 from tasks.rating.cost import summarize_table
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, ROOT
 from tests.rating.crash_worker import http_config, shard

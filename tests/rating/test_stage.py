@@ -9,7 +9,7 @@ from storage.schemas import RATINGS, to_table
 from tasks.backends.scripted_judge import ScriptedJudge, is_reask, scripted_rating, scripted_score, scripted_types
 from tasks.errors import TransientError
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.protocol import ASPECTS, TYPED_ASPECTS
 from tasks.rating.stage import permutation, rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row

@@ -41,8 +41,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
-from tasks.rating.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
-from tasks.rating.limit_hints import estimate_prompt_tokens, retry_after_s
+from tasks.backends.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
+from tasks.backends.limit_hints import estimate_prompt_tokens, retry_after_s
 
 __all__ = ["EndpointLimiter", "Permit", "limiter_for", "reset_limiters", "estimate_prompt_tokens", "retry_after_s"]
 
