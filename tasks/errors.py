@@ -21,3 +21,12 @@ class EngineDiedError(TransientError):
 
 class RateLimitedError(TransientError):
     """The endpoint kept answering 429 past what the in-process limiter absorbs."""
+
+
+class EndpointFatalError(InputError):
+    """An endpoint refused the key (401/403) or does not know the model (404): no retry helps."""
+
+
+class CircuitOpenError(UltraFeedbackError):
+    """An endpoint had no success for too many tries or too long: stop sending, leave the
+    shard for a backfill instead of retrying it at once."""

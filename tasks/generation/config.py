@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Launch settings live with the backends (the judge launches engines too); re-exported here.
 from tasks.backends.engine_settings import (REPO_ROOT, EngineSettings, default_engine_python,  # noqa: F401
                                            models_dir, resolve_model)
+from tasks.backends.request_settings import RetrySettings
 
 ServeMode = Literal["vllm_server", "vllm_batch", "openai", "scripted"]
 
@@ -56,10 +57,22 @@ class ModelEntry(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template file for a model whose tokenizer has none")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
-    concurrency: int = Field(256, ge=1, description="Requests in flight (server and openai modes)")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=4096, validation_alias=AliasChoices("max_concurrency", "concurrency"),
+        description="Requests in flight at most (server and openai modes; `concurrency` is accepted too). Default: 256 "
+                    "for a server the flow launches; 16 for serve openai, where it starts at one and grows per answer "
+                    "until the first 429 or the first rate-limit headers, and is cut on 429s")
     request_timeout_s: float = Field(900, gt=0, description="One request's time limit")
-    requests_per_minute: float | None = Field(None, gt=0, description="openai: client-side rate limit")
-    max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait honouring 429 Retry-After per request")
+    rpm: float | None = Field(None, gt=0, validation_alias=AliasChoices("rpm", "requests_per_minute"),
+                              description="openai: requests per minute allowed (None: unlimited or learned from headers)")
+    tpm: float | None = Field(None, gt=0, description="openai: tokens per minute allowed (None: unlimited or learned)")
+    learn_limits: bool = Field(True, description="Adopt x-ratelimit-limit-requests/-tokens headers when the server sends them")
+    limit_group: str | None = Field(None, description="Entries and judges that share one rate limit (one account, one "
+                                    "server) name the same group; default: base URL + model")
+    max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait on 429s for one request before "
+                                         "RateLimitedError hands the part back to the orchestrator")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Per-request retries of transient faults "
+                                 "and the circuit breaker")
     script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
 
     @field_validator("dtype")
@@ -84,6 +97,13 @@ class ModelEntry(BaseModel):
         if self.serve in ("vllm_server", "vllm_batch", "openai") and not self.model:
             raise ValueError(f"serve {self.serve} needs model")
         return self
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at most, after the per-mode default."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return 16 if self.serve == "openai" else 256
 
     @property
     def request_model(self) -> str:
@@ -117,7 +137,9 @@ class GenerationConfig(BaseModel):
     principles: dict[str, dict[str, float]] | None = Field(
         None, description="Override of the per-source principle distribution (row -> principle -> weight)")
     gpu_slots: str | None = Field(None, description="Prefect global concurrency limit that gates engine starts (one slot per GPU); none on CPU")
-    max_error_fraction: float = Field(0.5, ge=0, le=1, description="A shard with more failed requests than this is retried rather than written")
+    max_error_fraction: float = Field(0.5, ge=0, le=1, description="A part with more permanently failed requests "
+                                      "(4xx: e.g. a prompt over the context length) than this fails instead of being "
+                                      "written; transient failures never make a part")
 
     @field_validator("models")
     @classmethod

@@ -2,7 +2,8 @@
 
 Inputs: a JudgeEndpoint and a folder for engine logs. Outputs: an unentered Backend:
 - scripted: the in-process ScriptedJudge (tests, demos);
-- openai, azure, openai_compatible, and local_vllm with a base URL: the HTTP judge backend;
+- openai, azure, openai_compatible, and local_vllm with a base URL: the OpenAI-protocol
+  backend (tasks.backends.openai_http), the same client generation uses;
 - local_vllm without a base URL: a vLLM server launched from `engine_model`, shared by all
   shard tasks of this process (started on first use, restarted if it died, stopped by
   `close_engines()` when the stage ends), so the engine starts once per run, not per shard.
@@ -13,6 +14,7 @@ import threading
 from typing import Iterable, Iterator
 
 from tasks.backends.base import Backend, BatchRequest, BatchResult
+from tasks.errors import InputError
 from tasks.rating.config import JudgeEndpoint
 
 _engines: dict[str, Backend] = {}
@@ -29,7 +31,8 @@ def _launch(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
         served_names=[endpoint.model], log_dir=eng.log_dir or log_dir, max_model_len=endpoint.max_model_len,
         enforce_eager=eng.enforce_eager, extra_args=eng.extra_args, env=eng.env,
         startup_timeout_s=eng.startup_timeout_s, stop_timeout_s=eng.stop_timeout_s,
-        concurrency=endpoint.max_concurrency, request_timeout_s=endpoint.timeout_s)
+        concurrency=endpoint.max_concurrency, request_timeout_s=endpoint.timeout_s,
+        policy=endpoint.retry.policy(endpoint.timeout_s, endpoint.max_rate_limit_wait_s))
 
 
 class SharedEngine:
@@ -72,6 +75,26 @@ def open_judge(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
         return ScriptedJudge()
     if endpoint.launches_engine:
         return SharedEngine(endpoint, log_dir)
-    from tasks.backends.openai_judge import OpenAIJudgeBackend
+    return judge_backend(endpoint)
 
-    return OpenAIJudgeBackend(endpoint)
+
+def judge_backend(endpoint: JudgeEndpoint, **overrides) -> Backend:
+    """The OpenAI-protocol backend for an endpoint with a URL (or the SDK's default for kind
+    openai); `overrides` replace backend arguments (tests: window_s, policy)."""
+    from tasks.backends.openai_http import OpenAIHTTPBackend
+
+    ep = endpoint
+    base_url = ep.resolved_base_url() or ("https://api.openai.com/v1" if ep.kind == "openai" else None)
+    key = ep.api_key()
+    if not key and ep.kind in ("openai", "azure"):
+        raise InputError(f"rating.endpoints[{ep.name}]: environment variable {ep.key_env} is not set "
+                         f"(it must hold the API key for kind {ep.kind})")
+    if not base_url:
+        raise InputError(f"rating.endpoints[{ep.name}].base_url: no endpoint URL (set base_url or {ep.url_env})")
+    args = dict(api_key=key, key_env=ep.key_env, model=ep.model, rpm=ep.rpm, tpm=ep.tpm,
+                max_concurrency=ep.max_concurrency, learn_limits=ep.learn_limits,
+                policy=ep.retry.policy(ep.timeout_s, ep.max_rate_limit_wait_s),
+                limit_key=ep.limit_group or f"{ep.kind}|{base_url}|{ep.request_model}",
+                azure_api_version=ep.api_version if ep.kind == "azure" else None)
+    args.update(overrides)
+    return OpenAIHTTPBackend(f"{ep.kind}:{ep.name}", base_url, **args)

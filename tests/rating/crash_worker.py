@@ -46,9 +46,9 @@ def http_config(base_url: str, mode: str = "text", concurrency: int = 2) -> Rati
 if __name__ == "__main__":
     journal, log = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
-        from tasks.backends.openai_judge import OpenAIJudgeBackend
+        from tasks.rating.judges import judge_backend
 
         cfg = http_config(sys.argv[3])
-        rate_shard(*shard(), cfg, 42, OpenAIJudgeBackend(cfg.endpoint), Journal(journal))
+        rate_shard(*shard(), cfg, 42, judge_backend(cfg.endpoint), Journal(journal))
     else:
         rate_shard(*shard(), RatingConfig.model_validate(CFG), 42, SlowLoggingJudge(log), Journal(journal))

@@ -2,7 +2,8 @@
 
 Inputs: chat-completion requests (POST /v1/chat/completions, Azure's
 /openai/deployments/<name>/chat/completions), GET /v1/models; control endpoints
-GET /_stats, POST /_reset, POST /_faults. Outputs: scripted answers (tests/servers/scripted.py)
+GET /_stats, POST /_reset, POST /_faults. Outputs (404 model_not_found for a model it does not
+serve when started with strict_models): scripted answers (tests/servers/scripted.py)
 with `usage`, OpenAI's rate-limit headers, 429s when the configured RPM/TPM is exceeded, and
 injected faults.
 
@@ -68,8 +69,9 @@ class JudgeServer(ThreadingHTTPServer):
     def __init__(self, port: int = 0, limits: Limits | None = None, faults: list[Fault] | None = None,
                  api_key: str | None = None, latency_s: float = 0.0, latency_per_token_s: float = 0.0,
                  rationale_words: int = 40, completion_words: int = 120, models: tuple[str, ...] = ("judge",),
-                 seed: int = 0):
+                 seed: int = 0, strict_models: bool = False):
         super().__init__(("127.0.0.1", port), _Handler)
+        self.strict_models = strict_models  # 404 model_not_found for a model not in `models`, as OpenAI does
         self.state = ServerState(limits or Limits(), faults, seed)
         self.api_key = api_key
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
@@ -211,6 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, fault_kind, usage, model, note = 500, None, None, body.get("model"), None
         try:
             messages = body.get("messages")
+            if srv.strict_models and model not in srv.models:
+                status, note = 404, f"The model `{model}` does not exist or you do not have access to it."
+                return self._error(404, note, "model_not_found")
             if not isinstance(messages, list) or not messages:
                 status, note = 400, f"messages: expected a non-empty list, got {str(messages)[:200]}"
                 return self._error(400, note, "invalid_request_error")
