@@ -18,9 +18,11 @@ error. 401/403/404 raise EndpointFatalError (one line: endpoint and key variable
 endpoint's breaker raises CircuitOpenError after too many failures without a success. A
 launched engine that stopped answering raises EngineDiedError.
 
-Why httpx without the OpenAI SDK: the SDK's request transform and response models cost
-~5 ms of CPU per request; posting orjson bytes through httpx costs a fraction of that
-(bench/client_cpu.py, docs/benchmarks.md). The send path is `_send`, one small method.
+Why aiohttp and not the OpenAI SDK or httpx: on 2 shared cores the SDK's normal path cost
+~6 ms of CPU per request, httpx alone (which the SDK runs on) 4-5 ms, aiohttp with orjson
+bodies under 0.5 ms (bench/client_cpu.py, docs/benchmarks.md). The protocol is one POST and
+a JSON answer, so the SDK's models add nothing the stages use. The send path is `_send`,
+one small method.
 The key is only ever in the request headers; every message this module makes is scrubbed.
 """
 from __future__ import annotations
@@ -116,11 +118,11 @@ class OpenAIHTTPBackend:
             out.put(_DONE)
 
     async def _main(self, requests: Iterator[BatchRequest], out: queue.Queue) -> None:
-        import httpx
+        import aiohttp
 
-        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        async with httpx.AsyncClient(headers=self._auth_headers(), timeout=self.policy.timeout_s,
-                                     limits=limits) as client:
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._auth_headers()) as client:
             async def worker() -> None:
                 for req in requests:  # one loop thread: the iterator is never entered twice at once
                     out.put(await self._one(client, req))
@@ -150,12 +152,12 @@ class OpenAIHTTPBackend:
 
     async def _send(self, client, body: dict) -> tuple[int, Any, bytes]:
         """The send path: one POST of orjson bytes; (status, headers, raw body)."""
-        resp = await client.post(self._url(body), content=orjson.dumps(body))
-        return resp.status_code, resp.headers, resp.content
+        async with client.post(self._url(body), data=orjson.dumps(body)) as resp:
+            return resp.status, resp.headers, await resp.read()
 
     # --- one request -------------------------------------------------------------------
     async def _one(self, client, req: BatchRequest) -> BatchResult:
-        import httpx
+        import aiohttp
 
         cid, body, pol = req["custom_id"], req["body"], self.policy
         messages = body.get("messages")  # a malformed request still goes out: its 400 is the row's answer
@@ -169,9 +171,9 @@ class OpenAIHTTPBackend:
                 t0 = time.monotonic()
                 try:
                     status, headers, raw = await self._send(client, body)
-                except httpx.TimeoutException as exc:
+                except asyncio.TimeoutError as exc:
                     code, message = "timeout", f"{type(exc).__name__} after {pol.timeout_s}s"
-                except httpx.TransportError as exc:  # refused, reset, dropped, cut mid-body
+                except aiohttp.ClientError as exc:  # refused, reset, dropped, cut mid-body
                     await self._check_engine(exc)
                     code, message = "connection_error", f"{type(exc).__name__}: {exc}"
                 else:
