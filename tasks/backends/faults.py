@@ -82,6 +82,7 @@ class Breaker:
         self.open_until = 0.0
         self.last_error = ""
         self.opened = 0
+        self.fatal: EndpointFatalError | None = None  # once refused for good, every later send stops too
 
     def success(self) -> None:
         with self._lock:
@@ -99,9 +100,17 @@ class Breaker:
                 self.open_until = now + p.breaker_cooldown_s
                 self.opened += 1
 
-    def check(self) -> None:
-        """Raise CircuitOpenError while open; after the cool-down the next tries probe again."""
+    def refuse(self, exc: EndpointFatalError) -> EndpointFatalError:
         with self._lock:
+            self.fatal = self.fatal or exc
+            return self.fatal
+
+    def check(self) -> None:
+        """Raise the endpoint's fatal error, or CircuitOpenError while open; after the
+        cool-down the next tries probe again."""
+        with self._lock:
+            if self.fatal is not None:
+                raise self.fatal
             now = time.monotonic()
             if now < self.open_until:
                 raise CircuitOpenError(

@@ -168,6 +168,7 @@ class OpenAIHTTPBackend:
             self.breaker.check()
             code = message = None
             async with self.limiter.slot(prompt_est, body.get("max_tokens"), req.get("label") or "other") as permit:
+                self.breaker.check()  # the wait for a slot may have outlasted the endpoint
                 t0 = time.monotonic()
                 try:
                     status, headers, raw = await self._send(client, body)
@@ -203,7 +204,7 @@ class OpenAIHTTPBackend:
                 continue
             message = self._scrub(message)
             if code.startswith("http_") and int(code[5:]) in FATAL_STATUS:
-                raise fatal(self.name, self.base_url, self.key_env, int(code[5:]), message[:300])
+                raise self.breaker.refuse(fatal(self.name, self.base_url, self.key_env, int(code[5:]), message[:300]))
             if code.startswith("http_") and not is_transient_status(int(code[5:])):
                 self.breaker.success()  # a refusal of this request is an answer: the endpoint works
                 return result_error(cid, code, message, time.monotonic() - started, transient=False)

@@ -11,7 +11,7 @@ Faults: `[[fault:KIND[:ARG][*N]]]` anywhere in a message or an `X-Fault: KIND[:A
 header triggers one for that request (N: only its first N receipts); scheduled faults
 (count, rate or seconds) come from `--fault` or POST /_faults. In /_stats, status 0 means the
 client got no readable answer (hang, reset, cut, badjson). Kinds: 429 (ARG = Retry-After
-seconds), 500/502/503/504, hang (ARG seconds, then the connection closes unanswered), reset
+seconds), 400 (context too long), 500/502/503/504, hang (ARG seconds, then the connection closes unanswered), reset
 (TCP RST), cut (body cut short), badjson (200 with a body that is not JSON), truncate (answer
 cut in half, finish_reason "length"), malformed (answer in no judge format), slow (ARG
 seconds before a normal answer).
@@ -186,8 +186,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in ("/v1/chat/completions", "/chat/completions") or _AZURE_PATH.match(path):
             if body is None:
                 self._error(400, "request body is not a JSON object", "invalid_request_error")
-            elif not self._authorised():
-                self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            elif not self._authorised():  # counted like any answer, so tests see how often a bad key was tried
+                fp = request_fingerprint(body)
+                self.server.state.receive(fp)
+                try:
+                    self._error(401, "Incorrect API key provided.", "invalid_api_key")
+                finally:
+                    self.server.state.done(fp, 401, None, body.get("model"))
             else:
                 m = _AZURE_PATH.match(path)
                 if m:
@@ -259,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
             return 0
         if delay and srv.stopping.wait(delay):
             return 0
+        if kind == "400":  # what a hosted endpoint says to a prompt over the model's context
+            self._error(400, "This model's maximum context length is 4096 tokens; your messages resulted in "
+                             "5012 tokens.", "context_length_exceeded", headers)
+            return 400
         if kind in ("500", "502", "503", "504"):
             self._error(int(kind), "The server had an error while processing your request.", "server_error", headers)
             return int(kind)
