@@ -248,3 +248,44 @@ def test_an_endpoint_that_dies_opens_the_circuit_and_a_backfill_finishes_once_it
     record("endpoint dies mid-stage", {**second, "requests": first["requests"] + second["requests"],
                                        "answered": first["answered"] + second["answered"]},
            ["CircuitOpenError", "CircuitOpenError", *handed_back])
+
+
+def test_a_launched_engine_and_a_judge_endpoint_report_the_same_codes(tmp_path):
+    """One error vocabulary: the client of a server the flow launched (generation, local
+    judge) and a judge endpoint's client answer the same faults with the same codes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tasks.backends.base import make_request
+    from tasks.backends.faults import RequestPolicy
+    from tasks.backends.vllm_server import VLLMServerBackend, stop_group
+    from tasks.rating.config import JudgeEndpoint
+    from tasks.rating.judges import judge_backend
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "tests/servers/openai_server.py", "--port", "0", "--max-seconds", "120"],
+                            cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        url = proc.stdout.readline().strip()
+        engine = VLLMServerBackend("eng", python=sys.executable, model="judge", served_names=["judge"],
+                                   log_dir=str(tmp_path), policy=RequestPolicy(retry_attempts=2, timeout_s=0.5))
+        # the test server's process stands in for the engine process the backend launched
+        engine.proc, engine.port = proc, int(url.rsplit(":", 1)[1].split("/")[0])
+        judge = judge_backend(JudgeEndpoint(name="j", kind="openai_compatible", model="judge", base_url=url,
+                                            timeout_s=0.5, retry={"attempts": 2}))
+        faults = ["500", "503", "reset", "cut", "badjson", "hang:2", "400"]
+        reqs = [make_request(f"r-{f}", {"model": "judge", "max_tokens": 16, "messages": [
+            {"role": "user", "content": f"Say hello. [[fault:{f}]]"}]}) for f in faults]
+
+        def codes(results):
+            return {r["custom_id"]: (r["error"]["code"], r["error"]["transient"]) for r in results}
+
+        launched, hosted = codes(engine.run(reqs)), codes(judge.run(reqs))
+    finally:
+        stop_group(proc, 5)
+    assert launched == hosted == {
+        "r-500": ("http_500", True), "r-503": ("http_503", True), "r-reset": ("connection_error", True),
+        "r-cut": ("connection_error", True), "r-badjson": ("bad_response", True), "r-hang:2": ("timeout", True),
+        "r-400": ("http_400", False)}
+    REPORT["same codes: launched engine vs judge endpoint"] = {k: list(v) for k, v in sorted(launched.items())}
