@@ -40,7 +40,7 @@ from tasks.backends.base import BatchRequest, BatchResult, result_error, result_
 from tasks.backends.faults import (FATAL_STATUS, RequestPolicy, breaker_for, fatal, is_transient_status,
                                    status_code)
 from tasks.backends.limiter import estimate_prompt_tokens, limiter_for
-from tasks.errors import EngineDiedError, RateLimitedError
+from tasks.errors import EngineDiedError, InputError, RateLimitedError
 
 _DONE = object()
 
@@ -50,13 +50,15 @@ class OpenAIHTTPBackend:
                  model: str = "", rpm: float | None = None, tpm: float | None = None, max_concurrency: int = 16,
                  learn_limits: bool = True, policy: RequestPolicy | None = None, launched: bool = False,
                  alive: Callable[[], bool] | None = None, limit_key: str | None = None, window_s: float = 60.0,
-                 gate: str | None = None, azure_api_version: str | None = None):
+                 gate: str | None = None, azure_api_version: str | None = None, missing_key: str | None = None):
+        # missing_key: the error to raise on entry when no key was found (hosted endpoints);
+        # checked only when something is sent, so a finished run reruns without the key.
         # alive: for a launched engine, a blocking check that it still runs and answers.
         self.name, self.base_url = name, base_url.rstrip("/")
         self._key, self.key_env = api_key, key_env
         self.model, self.policy = model, policy or RequestPolicy()
         self.launched, self.alive, self.azure_api_version = launched, alive, azure_api_version
-        self.max_concurrency = max_concurrency
+        self.max_concurrency, self.missing_key = max_concurrency, missing_key
         key = limit_key or f"{self.base_url}|{model}"
         # A launched engine is ours alone: full concurrency at once, no probing slow start.
         self.limiter = limiter_for(key, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency,
@@ -68,6 +70,8 @@ class OpenAIHTTPBackend:
         return f"OpenAIHTTPBackend(name={self.name!r}, base_url={self.base_url!r})"
 
     def __enter__(self) -> "OpenAIHTTPBackend":
+        if self.missing_key and not self._key:
+            raise InputError(self.missing_key)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,6 @@ import threading
 from typing import Iterable, Iterator
 
 from tasks.backends.base import Backend, BatchRequest, BatchResult
-from tasks.errors import InputError
 from tasks.rating.config import JudgeEndpoint
 
 _engines: dict[str, Backend] = {}
@@ -86,15 +85,17 @@ def judge_backend(endpoint: JudgeEndpoint, **overrides) -> Backend:
     ep = endpoint
     base_url = ep.resolved_base_url() or ("https://api.openai.com/v1" if ep.kind == "openai" else None)
     key = ep.api_key()
+    missing = None
     if not key and ep.kind in ("openai", "azure"):
-        raise InputError(f"rating.endpoints[{ep.name}]: environment variable {ep.key_env} is not set "
-                         f"(it must hold the API key for kind {ep.kind})")
-    if not base_url:
-        raise InputError(f"rating.endpoints[{ep.name}].base_url: no endpoint URL (set base_url or {ep.url_env})")
+        missing = (f"rating.endpoints[{ep.name}]: environment variable {ep.key_env} is not set "
+                   f"(it must hold the API key for kind {ep.kind})")
+    if not base_url:  # reported on entry, like a missing key: a finished run reruns without it
+        missing = f"rating.endpoints[{ep.name}].base_url: no endpoint URL (set base_url or {ep.url_env})"
+        base_url = "http://base-url-not-set.invalid/v1"
     args = dict(api_key=key, key_env=ep.key_env, model=ep.model, rpm=ep.rpm, tpm=ep.tpm,
                 max_concurrency=ep.max_concurrency, learn_limits=ep.learn_limits,
                 policy=ep.retry.policy(ep.timeout_s, ep.max_rate_limit_wait_s),
                 limit_key=ep.limit_group or f"{ep.kind}|{base_url}|{ep.request_model}",
-                azure_api_version=ep.api_version if ep.kind == "azure" else None)
+                azure_api_version=ep.api_version if ep.kind == "azure" else None, missing_key=missing)
     args.update(overrides)
     return OpenAIHTTPBackend(f"{ep.kind}:{ep.name}", base_url, **args)
