@@ -180,7 +180,9 @@ class JournalSet:
         return self
 
     def append(self, result: BatchResult) -> None:
-        self.route[result["custom_id"]].append(result)
+        journal = self.route.get(result["custom_id"])
+        if journal is not None:  # an id nobody asked for is not ours to keep
+            journal.append(result)
 
     def close(self) -> None:
         for j in self.journals:
