@@ -16,7 +16,12 @@ Paths, each sending the same requests with the same number in flight from one as
 - httpcore-orjson: httpcore's AsyncConnectionPool (httpx's transport, without its models);
 - aiohttp-orjson: aiohttp.ClientSession with orjson;
 - backend: tasks.backends.openai_http.OpenAIHTTPBackend.run, the one backend as the stages
-  use it (limiter, breaker, per-request policy, result records, its loop thread).
+  use it for a launched engine (limiter, breaker, per-request policy, result records, its
+  loop thread);
+- backend-hosted: the same as for a hosted endpoint with RPM and TPM limits configured (set
+  far above what is sent, on a second server that sends OpenAI's x-ratelimit-* headers with
+  the same limits, so the buckets, their reconciliation and the header resync all run
+  without ever making a request wait).
 
 CPU is this process's CPU time (time.process_time: every thread) over the requests sent;
 requests/s is wall-clock throughput (bounded by the server process on few cores). Every
@@ -42,11 +47,12 @@ sys.path.insert(0, str(ROOT))
 from bench.judge_workload import build  # noqa: E402
 
 PATHS = ["sdk", "sdk-raw", "sdk-post", "httpx-json", "httpx-orjson", "httpx-msgspec", "httpcore-orjson",
-         "aiohttp-orjson", "backend"]
+         "aiohttp-orjson", "backend", "backend-hosted"]
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, str(ROOT / "tests/servers/openai_server.py"), "--port", "0", "--max-seconds", "1800"]
+def start_server(*limits: str) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, str(ROOT / "tests/servers/openai_server.py"), "--port", "0", "--max-seconds", "1800",
+           *limits]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return proc, proc.stdout.readline().strip()
 
@@ -131,12 +137,13 @@ async def _run_path(path: str, url: str, bodies: list[dict], concurrency: int) -
         await _drive(bodies, concurrency, send)
 
 
-def _run_backend(url: str, bodies: list[dict], concurrency: int) -> None:
+def _run_backend(url: str, bodies: list[dict], concurrency: int, hosted: bool = False) -> None:
     from tasks.backends.base import make_request, message_text
     from tasks.backends.openai_http import OpenAIHTTPBackend
 
-    be = OpenAIHTTPBackend("bench", url, model="judge", max_concurrency=concurrency, launched=True,
-                           limit_key=f"bench|{time.monotonic()}")
+    limits = {"rpm": 10_000_000, "tpm": 10_000_000_000} if hosted else {"launched": True}
+    be = OpenAIHTTPBackend("bench", url, model="judge", max_concurrency=concurrency,
+                           limit_key=f"bench|{time.monotonic()}", **limits)
     reqs = [make_request(f"r{i}", b) for i, b in enumerate(bodies)]
     n = sum(1 for r in be.run(reqs) if message_text(r))
     if n != len(reqs):
@@ -145,8 +152,8 @@ def _run_backend(url: str, bodies: list[dict], concurrency: int) -> None:
 
 def measure(path: str, url: str, bodies: list[dict], concurrency: int) -> dict:
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    if path == "backend":
-        _run_backend(url, bodies, concurrency)
+    if path.startswith("backend"):
+        _run_backend(url, bodies, concurrency, hosted=path == "backend-hosted")
     else:
         asyncio.run(_run_path(path, url, bodies, concurrency))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -162,11 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=2, help="runs per path; the lowest CPU counts")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    _rows, requests = build(max(1, args.requests // 8 + 1))
+    _rows, requests = build(max(1, min(400, args.requests // 8 + 1)))  # 436 instructions are bundled
     bodies = [r["body"] for r in requests][: args.requests]
     while len(bodies) < args.requests:
         bodies += bodies[: args.requests - len(bodies)]
     proc, url = start_server()
+    hosted, hosted_url = start_server("--rpm", "10000000", "--tpm", "10000000000")
     results = []
     try:
         measure("httpx-orjson", url, bodies[:200], args.concurrency)  # warm imports and the server
@@ -176,13 +184,15 @@ def main(argv: list[str] | None = None) -> dict:
                     import msgspec  # noqa: F401
                 except ImportError:
                     continue
-            runs = [measure(path, url, bodies, args.concurrency) for _ in range(args.repeats)]
+            target = hosted_url if path == "backend-hosted" else url
+            runs = [measure(path, target, bodies, args.concurrency) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["cpu_ms_per_request"])
             results.append(best)
             print(json.dumps(best), flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for p in (proc, hosted):
+            p.terminate()
+            p.wait(timeout=10)
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores visible", "python": platform.python_version(),
            "concurrency": args.concurrency, "results": results}
     if args.out:

@@ -46,6 +46,9 @@ from typing import Any, AsyncIterator, Mapping
 from tasks.backends.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
 from tasks.backends.limit_hints import estimate_prompt_tokens, retry_after_s
 
+RESYNC_ALWAYS_BELOW = 512  # requests in the window
+RESYNC_EVERY_S = 0.1
+
 __all__ = ["EndpointLimiter", "Permit", "limiter_for", "reset_limiters", "estimate_prompt_tokens", "retry_after_s"]
 
 
@@ -106,6 +109,7 @@ class EndpointLimiter:
         self.completion_mean: dict[str, float] = {}
         self.sent: deque[Permit] = deque()  # recent requests, to compare with x-ratelimit-remaining-*
         self.prompt_ratio = 1.0
+        self._resynced_at = -math.inf
         self.stats = LimiterStats()
 
     # --- admission ---------------------------------------------------------------------
@@ -195,8 +199,17 @@ class EndpointLimiter:
                     self.prompt_ratio = 0.8 * self.prompt_ratio + 0.2 * (p / permit.prompt_raw)
                 prev = self.completion_mean.get(permit.label)
                 self.completion_mean[permit.label] = c if prev is None else 0.8 * prev + 0.2 * c
-            if headers is not None and permit.epoch == self.epoch:
+            if headers is not None and permit.epoch == self.epoch and self._resync_due():
                 self._resync(permit, headers)
+
+    def _resync_due(self) -> bool:
+        """A resync sums over the window's requests: with a full window at high rates, do it
+        at most every RESYNC_EVERY_S (a stall is still caught within that) instead of per answer."""
+        now = time.monotonic()
+        if len(self.sent) <= RESYNC_ALWAYS_BELOW or now - self._resynced_at >= RESYNC_EVERY_S:
+            self._resynced_at = now
+            return True
+        return False
 
     def _resync(self, permit: Permit, headers: Mapping[str, str]) -> None:
         """Lower a bucket that holds more than the server can have left. The server's
