@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.judge_workload import build, write  # noqa: E402
 from tasks.backends.base import message_text  # noqa: E402
-from tasks.backends.openai_judge import OpenAIJudgeBackend  # noqa: E402
+from tasks.rating.judges import judge_backend  # noqa: E402
 from tasks.rating.config import JudgeEndpoint  # noqa: E402
 from tests.servers.fixtures import get_stats  # noqa: E402
 
@@ -64,7 +64,7 @@ def run_ours(url: str, requests: list[dict], args, learned: bool) -> dict:
                        rpm=None if learned else args.rpm, tpm=None if learned else args.tpm,
                        max_concurrency=args.concurrency, timeout_s=120)
     ok = 0
-    with OpenAIJudgeBackend(ep) as backend:
+    with judge_backend(ep) as backend:
         for res in backend.run(requests):
             ok += message_text(res) is not None
         snap = backend.limiter.snapshot()

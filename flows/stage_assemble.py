@@ -90,7 +90,7 @@ def judge_notes(cfg) -> list[str]:
 
 def _position_bias(cfg, store: ShardStore, ins, comps, rates, seed: int):
     from tasks.assemble.position_bias import position_bias_check
-    from tasks.rating.journal import Journal, journal_path
+    from tasks.backends.journal import Journal, journal_path
     from tasks.rating.judges import close_engines, open_judge
 
     journal = Journal(journal_path(cfg.output, "position_bias", cfg.rating.journal_dir, STAGE))

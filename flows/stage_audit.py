@@ -73,7 +73,7 @@ def part_key(part: str, refs: dict[str, list[ShardRef]], cfg) -> str:
 def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dict:
     """One audit shard: the run probes (`run`) or one human set (`human-<name>`)."""
     from tasks.audit.run import human_part, run_part
-    from tasks.rating.journal import Journal, journal_path
+    from tasks.backends.journal import Journal, journal_path
     from tasks.rating.judges import open_judge
 
     store = ShardStore(cfg.output)

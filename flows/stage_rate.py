@@ -3,7 +3,7 @@
 Inputs: the run config, the finished completion shards, the instruction shards of the
 same ids and optionally `only` (the shard ids a backfill is limited to). Outputs: `rate/<shard_id>.parquet`
 (RATINGS) with done markers, the stage plan, a request journal per shard
-(tasks.rating.journal), and a summary: shard counts, parse outcomes, requests sent and
+(tasks.backends.journal), and a summary: shard counts, parse outcomes, requests sent and
 answered from the journal this run, and tokens and money per judge model.
 
 A shard's key covers its inputs' content hashes, the judge settings that change answers
@@ -32,7 +32,7 @@ from storage.shards import ShardRef, ShardStore
 from tasks.errors import InputError
 from tasks.rating.cost import format_summary, merge, summarize_table, with_realtime_equivalent
 from tasks.backends.batch_state import state_path
-from tasks.rating.journal import Journal, journal_path
+from tasks.backends.journal import Journal, journal_path
 from tasks.rating.judges import close_engines, open_judge
 from tasks.rating.stage import rate_shard
 

@@ -32,3 +32,12 @@ class BatchInFlight(UltraFeedbackError):
     def __init__(self, message: str, batches: list[dict] | None = None):
         super().__init__(message)
         self.batches = batches or []
+
+
+class EndpointFatalError(InputError):
+    """An endpoint refused the key (401/403) or does not know the model (404): no retry helps."""
+
+
+class CircuitOpenError(UltraFeedbackError):
+    """An endpoint had no success for too many tries or too long: stop sending, leave the
+    shard for a backfill instead of retrying it at once."""

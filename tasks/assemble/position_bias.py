@@ -141,7 +141,7 @@ def position_bias_check(instructions: pa.Table, completions: pa.Table, ratings: 
     rechecks = build_rechecks(instructions, completions, ratings, cfg, pids)
     runner = backend
     if journal is not None:
-        from tasks.rating.journal import JournaledBackend
+        from tasks.backends.journal import JournaledBackend
         runner = JournaledBackend(backend, journal)
     answers: dict[str, str | None] = {}
     result = BiasResult(table=pd.DataFrame(columns=COLUMNS), prompts=len(pids), requests=len(rechecks))

@@ -20,7 +20,7 @@ from tasks.backends.base import Backend, make_request, message_text
 from tasks.rating import prompts
 from tasks.rating.config import JudgeEndpoint, RatingConfig
 from tasks.rating.cost import request_cost, usage_tokens
-from tasks.rating.journal import Journal, JournaledBackend
+from tasks.backends.journal import Journal, JournaledBackend
 from tasks.rating.parse import parse
 
 

@@ -22,7 +22,7 @@ from tasks.audit.stats import Audit
 from tasks.backends.base import Backend
 from tasks.rating.config import JudgeEndpoint, RatingConfig
 from tasks.rating.cost import summarize
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 
 
 def _table(rows: list[dict]) -> pa.Table:

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Iterator
 from tasks.backends.base import BatchRequest, BatchResult, result_error, result_ok
 from tasks.backends.batch_lifecycle import Poll, ProviderBatchBackend
 from tasks.backends.batch_state import BatchState, Group
+from tasks.backends.faults import status_code
 
 MAX_LINES, MAX_BYTES = 100_000, 256 * 1024 * 1024
 TOOL = "answer"
@@ -197,7 +198,7 @@ class AnthropicMessagesBackend:
                         continue
                 message = str((exc.body or {}).get("error", {}).get("message") if isinstance(exc.body, dict)
                               else exc)[:500]
-                return result_error(cid, str(status), message, time.monotonic() - t0)
+                return result_error(cid, status_code(status), message, time.monotonic() - t0)
             except anthropic.APIConnectionError as exc:
                 self.gate.release()
                 tries += 1
@@ -212,8 +213,8 @@ class AnthropicMessagesBackend:
 
 
 # --- Message Batches ----------------------------------------------------------------------
-_ERROR_CODES = {"invalid_request_error": "invalid_request_error", "not_found_error": "not_found",
-                "overloaded_error": "529", "api_error": "500", "rate_limit_error": "429"}
+_ERROR_CODES = {"invalid_request_error": "http_400", "not_found_error": "http_404",
+                "overloaded_error": "http_529", "api_error": "http_500", "rate_limit_error": "http_429"}
 
 
 class MessageBatchAPI:
@@ -254,7 +255,7 @@ class MessageBatchAPI:
                 yield result_ok(cid, to_completion(res["message"]))
             elif kind == "errored":
                 err = (res.get("error") or {}).get("error") or {}
-                yield result_error(cid, _ERROR_CODES.get(err.get("type"), "500"), str(err.get("message") or ""))
+                yield result_error(cid, _ERROR_CODES.get(err.get("type"), "http_500"), str(err.get("message") or ""))
             else:
                 yield result_error(cid, "batch_expired" if kind == "expired" else "batch_cancelled",
                                    f"request {kind} in batch {batch_id}")

@@ -32,10 +32,11 @@ from typing import Iterable, Iterator, Protocol
 
 from tasks.backends.base import BatchRequest, BatchResult, result_error
 from tasks.backends.batch_state import BatchState, Group
+from tasks.backends.faults import is_transient
 from tasks.errors import BatchInFlight, InputError
 
 log = logging.getLogger(__name__)
-_RESUBMIT_CODES = {"batch_expired", "batch_cancelled", "batch_failed", "missing", "408", "409", "429"}
+_RESUBMIT_CODES = {"http_429"}  # and every transient code (tasks.backends.faults)
 
 
 @dataclass
@@ -66,8 +67,8 @@ class BatchAPI(Protocol):
 
 
 def resubmittable(result: BatchResult) -> bool:
-    code = str((result.get("error") or {}).get("code") or "")
-    return code in _RESUBMIT_CODES or code.startswith("5")
+    err = result.get("error") or {}
+    return str(err.get("code") or "") in _RESUBMIT_CODES or is_transient(err)
 
 
 def split(payloads: list[tuple[str, bytes]], max_lines: int, max_bytes: int) -> list[list[tuple[str, bytes]]]:

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from tasks.backends.base import BatchRequest, BatchResult, result_error, result_ok
 from tasks.backends.batch_lifecycle import Poll, ProviderBatchBackend
 from tasks.backends.batch_state import BatchState, Group
+from tasks.backends.faults import status_code
 
 MAX_LINES, MAX_BYTES = 50_000, 200 * 1024 * 1024  # OpenAI's per-file limits (Azure: the same)
 _RUNNING = {"validating", "in_progress", "finalizing", "cancelling"}
@@ -101,7 +102,8 @@ def _result(line: dict) -> BatchResult:
     if status == 200:
         return result_ok(cid, body)
     message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-    return result_error(cid, str(status), str(message or body)[:500])
+    code = status_code(int(status)) if str(status).isdigit() else "bad_response"
+    return result_error(cid, code, str(message or body)[:500])
 
 
 def openai_client(kind: str, base_url: str | None, key: str | None, api_version: str | None = None,

@@ -5,7 +5,8 @@ function of (model, system prompt, user prompt, seed): the same request always g
 same answer, so tests can assert exact content. Usage counts are characters / 4.
 
 Options (`script` in a pool entry or constructor kwargs):
-  fail_ids: custom_ids answered with an HTTP 500 error record
+  fail_ids: custom_ids answered with an HTTP 400 error record (permanent: the row's error)
+  transient_ids: custom_ids answered with an HTTP 500 error record (transient)
   empty_ids: custom_ids answered with an empty message
   die_after: raise EngineDiedError after this many results in this backend's life
   latency_s: reported latency per result (no sleeping)
@@ -23,9 +24,10 @@ from tasks.errors import EngineDiedError
 
 class ScriptedBackend:
     def __init__(self, name: str = "scripted", fail_ids: Iterable[str] = (), empty_ids: Iterable[str] = (),
-                 die_after: int | None = None, latency_s: float = 0.01):
+                 die_after: int | None = None, latency_s: float = 0.01, transient_ids: Iterable[str] = ()):
         self.name = name
         self.fail_ids = set(fail_ids)
+        self.transient_ids = set(transient_ids)
         self.empty_ids = set(empty_ids)
         self.die_after = die_after
         self.latency_s = latency_s
@@ -47,8 +49,9 @@ class ScriptedBackend:
                 raise EngineDiedError(f"scripted engine {self.name} died after {self.served} results")
             self.served += 1
             cid = req["custom_id"]
-            if cid in self.fail_ids:
-                yield result_error(cid, "http_500", "scripted failure", self.latency_s)
+            if cid in self.fail_ids or cid in self.transient_ids:
+                code = "http_400" if cid in self.fail_ids else "http_500"
+                yield result_error(cid, code, "scripted failure", self.latency_s)
                 continue
             yield result_ok(cid, self.answer(req["body"], empty=cid in self.empty_ids), self.latency_s)
 

@@ -2,7 +2,8 @@
 
 Inputs: the engine's Python (a separate vLLM environment: vLLM and Prefect cannot share
 one), the model folder, served names, engine arguments. Outputs: result records via the
-OpenAI-compatible client; a log file per launch.
+OpenAI-protocol client (tasks.backends.openai_http, launched mode: full concurrency at once, and a
+transport failure asks the engine whether it still runs); a log file per launch.
 
 Lifecycle: `__enter__` picks a free port, starts
 `python -m vllm.entrypoints.openai.api_server` in its own process group (so stopping it
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tasks.backends.base import BatchRequest, BatchResult
-from tasks.backends.openai_compat import OpenAICompatBackend
+from tasks.backends.faults import RequestPolicy
+from tasks.backends.openai_http import OpenAIHTTPBackend
 from tasks.errors import EngineDiedError, InputError
 
 
@@ -97,7 +99,7 @@ class VLLMServerBackend:
                  tensor_parallel_size: int = 1, dtype: str = "auto", max_model_len: int | None = 4096,
                  chat_template: str | None = None, enforce_eager: bool = True, extra_args: Iterable[str] = (),
                  env: dict[str, str] | None = None, startup_timeout_s: float = 600, stop_timeout_s: float = 20,
-                 concurrency: int = 256, request_timeout_s: float = 900):
+                 concurrency: int = 256, request_timeout_s: float = 900, policy: RequestPolicy | None = None):
         self.name = name
         self.python, self.model, self.served_names = python, model, list(served_names)
         self.log_dir = Path(log_dir)
@@ -106,6 +108,7 @@ class VLLMServerBackend:
         self.env = env or {}
         self.startup_timeout_s, self.stop_timeout_s = startup_timeout_s, stop_timeout_s
         self.concurrency, self.request_timeout_s = concurrency, request_timeout_s
+        self.policy = policy or RequestPolicy(timeout_s=request_timeout_s)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.log_path: Path | None = None
@@ -176,8 +179,9 @@ class VLLMServerBackend:
     def run(self, requests: Iterable[BatchRequest]) -> Iterator[BatchResult]:
         if not self.alive():
             raise EngineDiedError(f"vLLM server {self.name} is not running; log {self.log_path}:\n{tail(self.log_path)}")
-        client = OpenAICompatBackend(self.name, self.base_url, concurrency=self.concurrency,
-                                     timeout_s=self.request_timeout_s, launched=True, alive=self.healthy)
+        client = OpenAIHTTPBackend(self.name, self.base_url, model=self.served_names[0],
+                                   max_concurrency=self.concurrency, policy=self.policy, launched=True,
+                                   alive=self.healthy, limit_key=f"launched|{self.base_url}")
         yield from client.run(requests)
         if not self.alive():
             raise EngineDiedError(f"vLLM server {self.name} exited; log {self.log_path}:\n{tail(self.log_path)}")

@@ -9,39 +9,18 @@ times under different sampling settings must say so in the names
 """
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Launch settings live with the backends (the judge launches engines too); re-exported here.
+from tasks.backends.engine_settings import (REPO_ROOT, EngineSettings, default_engine_python,  # noqa: F401
+                                           models_dir, resolve_model)
+from tasks.backends.batch_settings import BatchSettings
+from tasks.backends.request_settings import RetrySettings
 
 ServeMode = Literal["vllm_server", "vllm_batch", "openai", "scripted"]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def default_engine_python() -> str:
-    """The local vLLM environment's interpreter (UF_VLLM_ENV overrides the folder)."""
-    env = os.environ.get("UF_VLLM_ENV") or str(REPO_ROOT / ".venv-vllm")
-    return str(Path(env) / "bin" / "python")
-
-
-def models_dir() -> str:
-    return os.environ.get("UF_MODELS_DIR") or str(REPO_ROOT / ".models")
-
-
-def resolve_model(model: str) -> str:
-    """Expand `{models_dir}`, `~` and `$VARS`; a relative path that exists becomes absolute.
-
-    Anything else (a served name, a hub id) is returned unchanged.
-    """
-    text = os.path.expanduser(os.path.expandvars(model.replace("{models_dir}", models_dir())))
-    for base in (Path.cwd(), REPO_ROOT):
-        candidate = Path(text) if os.path.isabs(text) else base / text
-        if candidate.exists():
-            return str(candidate.resolve())
-    return text
 
 
 class SamplingSettings(BaseModel):
@@ -62,45 +41,6 @@ class SamplingSettings(BaseModel):
                            "not use offset') when a seeded prompt's prefill is split across steps under load")
 
 
-class EngineSettings(BaseModel):
-    """How the flow starts a vLLM engine (serve: vllm_server or vllm_batch)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    python: str | None = Field(None, description="Interpreter of the vLLM environment; default: the local one built by scripts/setup_local.sh (UF_VLLM_ENV)")
-    extra_args: list[str] = Field(default_factory=list, description="More vLLM command-line arguments")
-    env: dict[str, str] = Field(
-        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"},
-        description="Environment for the engine process (HF_HUB_OFFLINE=1 is always set unless given here)")
-    enforce_eager: bool = Field(True, description="Skip graph compilation (starts in ~30 s instead of minutes on CPU)")
-    startup_timeout_s: float = Field(600, gt=0, description="Give up when the server is not healthy by then")
-    stop_timeout_s: float = Field(20, gt=0, description="SIGTERM grace before SIGKILL of the engine's process group")
-    run_timeout_s: float = Field(6 * 3600, gt=0, description="vllm_batch: longest one batch run may take")
-    batch_runner: Literal["offline", "run_batch"] = Field(
-        "offline", description="vllm_batch: our LLM.chat runner (offline engine) or vLLM's run_batch entry point")
-    log_dir: str | None = Field(None, description="Engine logs; default: <output>/logs when local, else a temp folder")
-
-    def interpreter(self) -> str:
-        return self.python or default_engine_python()
-
-
-class BatchSettings(BaseModel):
-    """How requests go through a provider's Batch API (`mode: batch`); limits are per provider."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_lines: int | None = Field(None, ge=1, description="Requests per batch file; default: the provider's limit "
-                                  "(OpenAI/Azure 50,000, Anthropic 100,000)")
-    max_bytes: int | None = Field(None, ge=1024, description="Bytes per batch file; default: the provider's limit "
-                                  "(OpenAI/Azure 200 MB, Anthropic 256 MB)")
-    completion_window: str = Field("24h", description="OpenAI completion_window of each batch")
-    poll_interval_s: float = Field(30.0, gt=0, description="Seconds between two polls while waiting in-process")
-    max_wait_s: float = Field(0.0, ge=0, description="Longest in-process wait for batches to end; then the shard is "
-                              "left in flight (not failed) and a later run collects it. 0: submit and return")
-    resubmits: int = Field(2, ge=0, le=10, description="New batches for the requests a batch left unanswered "
-                           "(expired, cancelled, failed lines), per run")
-
-
 class ModelEntry(BaseModel):
     """One entry of the model pool."""
 
@@ -118,10 +58,22 @@ class ModelEntry(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template file for a model whose tokenizer has none")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
-    concurrency: int = Field(256, ge=1, description="Requests in flight (server and openai modes)")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=4096, validation_alias=AliasChoices("max_concurrency", "concurrency"),
+        description="Requests in flight at most (server and openai modes; `concurrency` is accepted too). Default: 256 "
+                    "for a server the flow launches; 16 for serve openai, where it starts at one and grows per answer "
+                    "until the first 429 or the first rate-limit headers, and is cut on 429s")
     request_timeout_s: float = Field(900, gt=0, description="One request's time limit")
-    requests_per_minute: float | None = Field(None, gt=0, description="openai: client-side rate limit")
-    max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait honouring 429 Retry-After per request")
+    rpm: float | None = Field(None, gt=0, validation_alias=AliasChoices("rpm", "requests_per_minute"),
+                              description="openai: requests per minute allowed (None: unlimited or learned from headers)")
+    tpm: float | None = Field(None, gt=0, description="openai: tokens per minute allowed (None: unlimited or learned)")
+    learn_limits: bool = Field(True, description="Adopt x-ratelimit-limit-requests/-tokens headers when the server sends them")
+    limit_group: str | None = Field(None, description="Entries and judges that share one rate limit (one account, one "
+                                    "server) name the same group; default: base URL + model")
+    max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait on 429s for one request before "
+                                         "RateLimitedError hands the part back to the orchestrator")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Per-request retries of transient faults "
+                                 "and the circuit breaker")
     script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
     policy: bool = Field(False, description="The on-policy slot: this entry (e.g. your own SFT model) is drawn into "
                          "every instruction's k models; at most one entry")
@@ -151,6 +103,13 @@ class ModelEntry(BaseModel):
         if self.serve in ("vllm_server", "vllm_batch", "openai") and not self.model:
             raise ValueError(f"serve {self.serve} needs model")
         return self
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at most, after the per-mode default."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return 16 if self.serve == "openai" else 256
 
     @property
     def request_model(self) -> str:
@@ -201,7 +160,9 @@ class GenerationConfig(BaseModel):
     principles: dict[str, dict[str, float]] | None = Field(
         None, description="Override of the per-source principle distribution (row -> principle -> weight)")
     gpu_slots: str | None = Field(None, description="Prefect global concurrency limit that gates engine starts (one slot per GPU); none on CPU")
-    max_error_fraction: float = Field(0.5, ge=0, le=1, description="A shard with more failed requests than this is retried rather than written")
+    max_error_fraction: float = Field(0.5, ge=0, le=1, description="A part with more permanently failed requests "
+                                      "(4xx: e.g. a prompt over the context length) than this fails instead of being "
+                                      "written; transient failures never make a part")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="GPU placement of the engines")
 
     @field_validator("models")

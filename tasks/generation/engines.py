@@ -67,7 +67,7 @@ def _batch_backend(first, engine_id: str, output_root: str, field: str):
     rerun pays only for requests that never got an answer (generation has no other record)."""
     from tasks.backends.batch_state import state_path
     from tasks.backends.openai_batch import batch_backend, openai_client
-    from tasks.rating.journal import Journal, JournaledBackend, journal_path
+    from tasks.backends.journal import Journal, JournaledBackend, journal_path
 
     journal = Journal(journal_path(output_root, engine_id, stage="generate"))
     client = openai_client("openai_compatible", first.base_url, api_key(first, field), timeout_s=first.request_timeout_s)
@@ -84,11 +84,13 @@ def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.mode
         from tasks.backends.scripted import ScriptedBackend
 
         return ScriptedBackend(group.engine_id, **first.script)
+    policy = first.retry.policy(first.request_timeout_s, first.max_rate_limit_wait_s)
     if first.serve == "openai":
-        from tasks.backends.openai_compat import OpenAICompatBackend
+        from tasks.backends.openai_http import OpenAIHTTPBackend
 
-        return OpenAICompatBackend(first.name, first.base_url, api_key(first, field), first.concurrency,
-                                   first.request_timeout_s, first.requests_per_minute, first.max_rate_limit_wait_s)
+        return OpenAIHTTPBackend(first.name, first.base_url, api_key(first, field), key_env=first.api_key_env,
+                                 model=first.model, rpm=first.rpm, tpm=first.tpm, max_concurrency=first.concurrency,
+                                 learn_limits=first.learn_limits, policy=policy, limit_key=first.limit_group)
     served = list(dict.fromkeys(e.request_model for e in group.entries))
     common = dict(
         name=group.engine_id, python=first.engine.interpreter(), model=resolve_model(first.model),
@@ -103,7 +105,7 @@ def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.mode
 
         return VLLMServerBackend(**common, startup_timeout_s=first.engine.startup_timeout_s,
                                  concurrency=max(e.concurrency for e in group.entries),
-                                 request_timeout_s=first.request_timeout_s)
+                                 request_timeout_s=first.request_timeout_s, policy=policy)
     from tasks.backends.vllm_batch import VLLMBatchBackend
 
     return VLLMBatchBackend(**common, run_timeout_s=first.engine.run_timeout_s, runner=first.engine.batch_runner)

@@ -12,6 +12,14 @@ Outputs:
 As in the original, generation is grouped by model: `run_group` brings an engine up once
 for every shard that drew any of its entries and stops it afterwards. Nothing is started
 when all of a group's parts are already done.
+
+No completion is lost to a transient fault: a part with a request that still failed
+transiently after the backend's per-request retries is not written (TransientError once
+every other part is done; the orchestrator's retry or a backfill re-sends exactly what is
+missing). Only permanent errors (a 4xx: the endpoint refused that request) become failed
+rows. Requests to a hosted endpoint (`serve: openai`) go through the request journal
+(`<output>/journal/generate/<model>/<shard_id>.jsonl`), so an answer paid for before a
+crash is never asked again.
 """
 from __future__ import annotations
 
@@ -26,7 +34,9 @@ import tasks.generation.requests
 from storage.keys import code_version, shard_key, stable_hash
 from storage.schemas import to_table
 from storage.shards import ShardRef, ShardStore
-from tasks.errors import TransientError
+from tasks.backends.faults import is_transient
+from tasks.backends.journal import Journal, JournaledBackend, JournalSet, journal_path
+from tasks.errors import TransientError, UltraFeedbackError
 from tasks.generation.config import GenerationConfig, ModelEntry
 from tasks.generation.engines import EngineGroup, open_backend
 from tasks.generation.principles import system_prompts
@@ -76,7 +86,9 @@ class GroupResult:
     written: int = 0
     kept: int = 0
     requests: int = 0
-    failed_requests: int = 0
+    failed_requests: int = 0  # permanent errors, kept as failed rows
+    transient_failures: int = 0  # requests left for the retry (their parts are not written)
+    from_journal: int = 0
     completion_tokens: int = 0
     engine_s: float = 0.0  # engine start to stop (0 when nothing had to run)
     generate_s: float = 0.0  # first request sent to last result received
@@ -158,26 +170,46 @@ def _plan_todo(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef]
     return todo
 
 
-def _write_part(store: ShardStore, item: _Todo, max_error_fraction: float, out: GroupResult) -> None:
-    rows = [completion_row(p, item.results.get(p.request_id), item.entry.serve) for p in item.planned]
+def _write_part(store: ShardStore, item: _Todo, max_error_fraction: float,
+                out: GroupResult) -> tuple[bool, str] | None:
+    """Write a finished part; else (transient?, why not)."""
+    results = [item.results.get(p.request_id) for p in item.planned]
+    transient = [r for r in results if r is None or (r.get("error") and is_transient(r["error"]))]
+    if transient:
+        out.transient_failures += len(transient)
+        err = (transient[0] or {}).get("error") or {"code": "missing", "message": "no result"}
+        return True, (f"{item.entry.name}/{item.shard_id}: {len(transient)} requests failed transiently "
+                      f"(e.g. {err['code']}: {str(err['message'])[:200]})")
+    rows = [completion_row(p, r, item.entry.serve) for p, r in zip(item.planned, results)]
     failed = sum(r["response"] is None for r in rows)
     out.failed_requests += failed
     out.completion_tokens += sum(r["completion_tokens"] or 0 for r in rows if r["response"] is not None)
     if failed and failed / len(rows) > max_error_fraction:
         examples = sorted({r["error"] for r in rows if r["error"]})[:3]
-        raise TransientError(f"{item.entry.name} on shard {item.shard_id}: {failed}/{len(rows)} requests failed "
-                             f"(generation.max_error_fraction={max_error_fraction}); e.g. {examples}")
+        return False, (f"{item.entry.name}/{item.shard_id}: {failed}/{len(rows)} requests refused "
+                       f"(generation.max_error_fraction={max_error_fraction}); e.g. {examples}")
     table = to_table(rows, "completions")
     out.refs.append(store.write_shard(part_stage(item.entry.name), item.shard_id, table, "completions", item.key))
     out.written += 1
+    return None
+
+
+def _journaled(store: ShardStore, todo: list[_Todo], backend):
+    """Hosted generation answers cost money: journal them per model and instruction shard."""
+    route = {}
+    for item in todo:
+        journal = Journal(journal_path(store.root, item.shard_id, stage=f"generate/{item.entry.name}"))
+        route.update({p.request_id: journal for p in item.planned})
+    return JournaledBackend(backend, JournalSet(route))
 
 
 def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], cfg: GenerationConfig,
               seed: int, rows_by_source: dict[str, str], log_dir: str, backend=None) -> GroupResult:
     """Generate every unfinished part of one engine group; parts are written as they complete.
 
-    An exception (engine died, too many failures) leaves the finished parts in place; the
-    orchestrator's retry redoes only the rest. `backend` replaces the configured one (tests).
+    An exception (engine died, transient failures, too many refusals) leaves the finished
+    parts in place; the orchestrator's retry redoes only the rest. `backend` replaces the
+    configured one (tests).
     """
     out = GroupResult(group.engine_id)
     todo = _plan_todo(store, group, instr_refs, cfg, seed, rows_by_source, out)
@@ -191,8 +223,12 @@ def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef],
             for p in item.planned:
                 yield build_request(p, entries[p.model])
 
+    engine = backend or open_backend(group, log_dir, output_root=store.root)
+    if group.serve == "openai" and group.entries[0].mode != "batch":  # a batch backend journals its own answers
+        engine = _journaled(store, todo, engine)
+    problems: list[tuple[bool, str]] = []
     started = time.monotonic()
-    with (backend or open_backend(group, log_dir, output_root=store.root)) as engine:
+    with engine:
         sent = time.monotonic()
         for result in engine.run(requests()):
             item = owner.get(result["custom_id"])
@@ -201,13 +237,22 @@ def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef],
             item.results[result["custom_id"]] = result
             out.requests += 1
             if len(item.results) == len(item.planned):
-                _write_part(store, item, cfg.max_error_fraction, out)
+                problem = _write_part(store, item, cfg.max_error_fraction, out)
+                if problem:
+                    problems.append(problem)
         # A batch engine reports its own generation time (its wall time includes the model load).
         out.generate_s = getattr(engine, "generate_s", None) or time.monotonic() - sent
+        out.from_journal = getattr(engine, "from_journal", 0)
     out.engine_s = time.monotonic() - started
     unfinished = [f"{i.entry.name}/{i.shard_id}" for i in todo if len(i.results) < len(i.planned)]
     if unfinished:
         raise TransientError(f"engine {group.engine_id} returned no result for some requests of {unfinished}")
+    refused = [why for transient, why in problems if not transient]
+    if refused:  # resending a refused request gets the same refusal: no retry, a failed shard
+        raise UltraFeedbackError(f"engine {group.engine_id}: {'; '.join(refused[:3])}")
+    if problems:
+        raise TransientError(f"engine {group.engine_id}: {len(problems)} parts unfinished, "
+                             f"{'; '.join(why for _, why in problems[:2])}; a retry sends only the missing requests")
     return out
 
 

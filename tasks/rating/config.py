@@ -16,7 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.generation.config import BatchSettings, EngineSettings
+from tasks.backends.batch_settings import BatchSettings
+from tasks.backends.engine_settings import EngineSettings
+from tasks.backends.request_settings import RetrySettings
 from tasks.rating.protocol import ASPECTS
 
 Kind = Literal["openai", "azure", "openai_compatible", "local_vllm", "scripted", "anthropic"]
@@ -91,6 +93,10 @@ class JudgeEndpoint(BaseModel):
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds")
     max_rate_limit_wait_s: float = Field(600.0, ge=0, description="Longest total wait on 429s for one request before "
                                          "RateLimitedError hands the shard back to the orchestrator")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Per-request retries of transient faults "
+                                 "and the circuit breaker")
+    limit_group: str | None = Field(None, description="Endpoints (judges, pool entries) that share one rate limit name "
+                                    "the same group and share one limiter; default: base URL + model")
     # kind local_vllm without base_url: the stage launches this engine itself.
     engine_model: str = Field("{models_dir}/SmolLM2-135M-Instruct", description="local_vllm: model folder the launched "
                               "engine serves (`{models_dir}` expands); served under `model`")

@@ -2,7 +2,8 @@
 
 Inputs: a JudgeEndpoint and a folder for engine logs. Outputs: an unentered Backend:
 - scripted: the in-process ScriptedJudge (tests, demos);
-- openai, azure, openai_compatible, and local_vllm with a base URL: the HTTP judge backend;
+- openai, azure, openai_compatible, and local_vllm with a base URL: the OpenAI-protocol
+  backend (tasks.backends.openai_http), the same client generation uses;
 - mode batch: the provider's Batch API (tasks/backends/openai_batch.py, Anthropic Message
   Batches in tasks/backends/anthropic_messages.py), recording its batches in `state_file`;
 - anthropic (realtime): the Messages API backend;
@@ -24,7 +25,7 @@ _lock = threading.Lock()
 
 def _launch(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
     from tasks.backends.vllm_server import VLLMServerBackend
-    from tasks.generation.config import resolve_model
+    from tasks.backends.engine_settings import resolve_model
 
     eng = endpoint.engine
     return VLLMServerBackend(
@@ -32,7 +33,8 @@ def _launch(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
         served_names=[endpoint.model], log_dir=eng.log_dir or log_dir, max_model_len=endpoint.max_model_len,
         enforce_eager=eng.enforce_eager, extra_args=eng.extra_args, env=eng.env,
         startup_timeout_s=eng.startup_timeout_s, stop_timeout_s=eng.stop_timeout_s,
-        concurrency=endpoint.max_concurrency, request_timeout_s=endpoint.timeout_s)
+        concurrency=endpoint.max_concurrency, request_timeout_s=endpoint.timeout_s,
+        policy=endpoint.retry.policy(endpoint.timeout_s, endpoint.max_rate_limit_wait_s))
 
 
 class SharedEngine:
@@ -106,6 +108,28 @@ def open_judge(endpoint: JudgeEndpoint, log_dir: str, state_file=None) -> Backen
         return ScriptedJudge()
     if endpoint.launches_engine:
         return SharedEngine(endpoint, log_dir)
-    from tasks.backends.openai_judge import OpenAIJudgeBackend
+    return judge_backend(endpoint)
 
-    return OpenAIJudgeBackend(endpoint)
+
+def judge_backend(endpoint: JudgeEndpoint, **overrides) -> Backend:
+    """The OpenAI-protocol backend for an endpoint with a URL (or the SDK's default for kind
+    openai); `overrides` replace backend arguments (tests: window_s, policy)."""
+    from tasks.backends.openai_http import OpenAIHTTPBackend
+
+    ep = endpoint
+    base_url = ep.resolved_base_url() or ("https://api.openai.com/v1" if ep.kind == "openai" else None)
+    key = ep.api_key()
+    missing = None
+    if not key and ep.kind in ("openai", "azure"):
+        missing = (f"rating.endpoints[{ep.name}]: environment variable {ep.key_env} is not set "
+                   f"(it must hold the API key for kind {ep.kind})")
+    if not base_url:  # reported on entry, like a missing key: a finished run reruns without it
+        missing = f"rating.endpoints[{ep.name}].base_url: no endpoint URL (set base_url or {ep.url_env})"
+        base_url = "http://base-url-not-set.invalid/v1"
+    args = dict(api_key=key, key_env=ep.key_env, model=ep.model, rpm=ep.rpm, tpm=ep.tpm,
+                max_concurrency=ep.max_concurrency, learn_limits=ep.learn_limits,
+                policy=ep.retry.policy(ep.timeout_s, ep.max_rate_limit_wait_s),
+                limit_key=ep.limit_group or f"{ep.kind}|{base_url}|{ep.request_model}",
+                azure_api_version=ep.api_version if ep.kind == "azure" else None, missing_key=missing)
+    args.update(overrides)
+    return OpenAIHTTPBackend(f"{ep.kind}:{ep.name}", base_url, **args)

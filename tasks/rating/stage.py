@@ -17,7 +17,6 @@ Completions without a response (generation failed) are not rated and get no rows
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +25,14 @@ import pyarrow as pa
 from storage.keys import stable_hash
 from storage.schemas import to_table
 from tasks.backends.base import Backend, make_request, message_text
+from tasks.backends.faults import is_transient
 from tasks.errors import InputError, TransientError
 from tasks.rating import prompts
 from tasks.rating.config import RatingConfig
 from tasks.rating.cost import request_cost, usage_tokens
-from tasks.rating.journal import Journal, JournaledBackend
+from tasks.backends.journal import Journal, JournaledBackend
 from tasks.rating.parse import Judgement, ParsedAnswer, parse
 from tasks.rating.protocol import CRITIQUE
-
-_PERMANENT = {"invalid_request_error", "context_length_exceeded", "content_filter", "bad_request", "not_found"}
 
 
 @dataclass
@@ -122,12 +120,8 @@ def _body(call: Call, cfg: RatingConfig, note: str | None = None) -> tuple[dict[
 
 
 def _transient(result: dict) -> bool:
-    err = result.get("error") or {}
-    resp = result.get("response") or {}
-    code = str(err.get("code") or resp.get("status_code") or "")
-    if code in _PERMANENT:
-        return False
-    return not (re.fullmatch(r"4\d\d", code) and code not in ("408", "409", "429"))
+    """The backend's verdict (tasks.backends.faults): a 400 is the row's answer, a 5xx is not."""
+    return is_transient(result.get("error") or {"code": "missing"})
 
 
 def _error_text(result: dict | None) -> str:
@@ -167,14 +161,16 @@ def rate_shard(instructions: pa.Table, completions: pa.Table, cfg: RatingConfig,
     pending = calls
     with JournaledBackend(backend, journal) as jb:
         for attempt in range(cfg.reasks + 1):
-            bodies = {}
+            bodies, labels = {}, {}
             for call in pending:
                 note = None if attempt == 0 else prompts.reask_note(call.parsed.reason or "unreadable", attempt + 1)
                 body, call.request_id = _body(call, cfg, note)
                 bodies[call.request_id] = body
+                labels[call.request_id] = call.aspect
             stats.requests += len(pending)
             stats.reasks += len(pending) if attempt else 0
-            results = {r["custom_id"]: r for r in jb.run([make_request(cid, b) for cid, b in bodies.items()])}
+            reqs = [make_request(cid, b, labels[cid]) for cid, b in bodies.items()]
+            results = {r["custom_id"]: r for r in jb.run(reqs)}
             for call in pending:
                 _absorb(call, results.get(call.request_id), cfg.endpoint.answer_mode)
             pending = [c for c in pending if c.error is None and not c.parsed.ok]

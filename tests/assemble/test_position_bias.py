@@ -11,7 +11,7 @@ from storage.schemas import to_table
 from tasks.assemble.position_bias import position_bias_check, sample_prompts
 from tasks.backends.scripted_judge import ScriptedJudge
 from tasks.rating.config import JudgeEndpoint, RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.protocol import find_texts
 from tasks.rating.stage import rate_shard
 

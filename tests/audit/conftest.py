@@ -19,7 +19,7 @@ from storage.schemas import to_table
 from tasks.audit.config import AuditConfig, BUILTIN_PATHS
 from tasks.backends.scripted_faults import FaultyJudge
 from tasks.rating.config import JudgeEndpoint, RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard
 
 MODELS = ["judge-model", "model-b", "model-c", "model-d"]

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.audit.run import figures, run_part
 from tasks.backends.scripted_faults import FaultyJudge
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tests.audit.conftest import MARKER, SELF, audit_config, rated
 
 FAULTS = {"fair": {}, "first_position": {"bonus": 1}, "long": {"chars_per_point": 80}, "self": {"marker": MARKER}}

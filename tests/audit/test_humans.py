@@ -11,7 +11,7 @@ from tasks.audit.config import HumanSet
 from tasks.audit.run import figures, human_part
 from tasks.backends.scripted_faults import FaultyJudge
 from tasks.errors import InputError
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tests.audit.conftest import audit_config, rating_config
 from tests.audit.test_faults import pick
 

@@ -12,7 +12,7 @@ import pytest
 from tasks.backends.batch_state import state_path
 from tasks.errors import InputError
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.judges import open_judge
 from tasks.rating.stage import rate_shard
 from tests.servers.anthropic_server import AnthropicServer

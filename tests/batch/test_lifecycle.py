@@ -11,7 +11,7 @@ from tasks.backends.base import make_request, message_text
 from tasks.backends.batch_state import BatchState, in_flight
 from tasks.backends.openai_batch import batch_backend, openai_client
 from tasks.errors import BatchInFlight, InputError
-from tasks.generation.config import BatchSettings
+from tasks.backends.batch_settings import BatchSettings
 from tasks.rating.config import RatingConfig
 from tasks.rating.stage import _body, build_calls
 from tests.batch.conftest import control
@@ -104,7 +104,7 @@ def test_line_errors_are_resubmitted_and_a_budget_bounds_it(batch_server, shard,
     control(batch_server.url, "/_batch_faults", {"faults": [{"kind": "line_errors", "count": 2, "status": 503}]})
     got = run(batch_server, tmp_path / "b", reqs, resubmits=0)
     errors = [r for r in got.values() if r["error"]]
-    assert [e["error"]["code"] for e in errors] == ["503", "503"] and len(got) == 24
+    assert [e["error"]["code"] for e in errors] == ["http_503", "http_503"] and len(got) == 24
 
 
 def test_cancelled_batch_resubmits_what_it_did_not_answer(batch_server, shard, tmp_path):

@@ -46,8 +46,8 @@ def test_split_respects_lines_and_bytes():
 
 def test_which_errors_go_into_a_new_batch():
     assert resubmittable(result_error("a", "batch_expired", ""))
-    assert resubmittable(result_error("a", "500", "")) and resubmittable(result_error("a", "429", ""))
-    assert not resubmittable(result_error("a", "400", "")) and not resubmittable(result_error("a", "invalid_request_error", ""))
+    assert resubmittable(result_error("a", "http_500", "")) and resubmittable(result_error("a", "http_429", ""))
+    assert not resubmittable(result_error("a", "http_400", "")) and not resubmittable(result_error("a", "invalid_request_error", ""))
 
 
 def test_batch_price_defaults_to_half_and_can_be_set():

@@ -141,3 +141,15 @@ def test_engine_env_is_offline_and_does_not_inherit_the_flows_python_paths(monke
     assert args == ["--model", "/m", "--served-model-name", "a", "b", "--dtype", "bfloat16",
                     "--tensor-parallel-size", "2", "--max-model-len", "1024", "--chat-template", "/t.jinja",
                     "--enforce-eager", "--seed", "1"]
+
+
+def test_pool_entries_take_the_judges_limit_settings_with_safe_defaults():
+    hosted = ModelEntry(name="api", serve="openai", model="gpt-4o-mini", base_url="https://api.openai.com/v1")
+    launched = ModelEntry(name="local", serve="vllm_server", model="m")
+    assert (hosted.concurrency, launched.concurrency) == (16, 256)  # a hosted endpoint is not stormed
+    assert (hosted.rpm, hosted.tpm, hosted.learn_limits, hosted.retry.attempts) == (None, None, True, 5)
+    old_names = ModelEntry.model_validate({"name": "api", "serve": "openai", "model": "m", "base_url": "http://x/v1",
+                                           "concurrency": 8, "requests_per_minute": 500})
+    assert (old_names.max_concurrency, old_names.rpm) == (8, 500)
+    with pytest.raises(ValueError, match="retry.attempts"):
+        ModelEntry.model_validate({"name": "a", "serve": "scripted", "retry": {"attempts": 0}})

@@ -5,7 +5,7 @@ import pytest
 
 from storage.shards import ShardStore
 from tasks.backends.scripted import ScriptedBackend
-from tasks.errors import EngineDiedError, TransientError
+from tasks.errors import EngineDiedError, TransientError, UltraFeedbackError
 from tasks.generation.engines import engine_groups
 from tasks.generation.requests import plan_shard
 from tasks.generation.stage import STAGE, merge_shard, part_stage, run_group
@@ -105,19 +105,20 @@ def test_failed_requests_are_recorded_not_dropped(store):
     assert len(rows) == 6
     by_id = {r["request_id"]: r for r in rows}
     (failed,) = bad
-    assert by_id[failed]["response"] is None and by_id[failed]["error"] == "http_500: scripted failure"
+    assert by_id[failed]["response"] is None and by_id[failed]["error"] == "http_400: scripted failure"
     (blank,) = empty
     assert by_id[blank]["response"] is None and by_id[blank]["error"].startswith("empty_response")
     assert sum(r["response"] is None for r in rows) == 2
 
 
-def test_mostly_failing_shard_is_retried_not_written(store):
+def test_mostly_refused_shard_fails_without_a_retry(store):
     refs = write_instruction_shards(store, per_shard=3, shards=1)
     cfg = scripted_pool(n=2, k=2)
     all_ids = {p.request_id for p in plan_shard(store.read_shard(refs[0]), cfg, 42)}
     group = engine_groups(cfg)[0]
-    with pytest.raises(TransientError, match="max_error_fraction"):
+    with pytest.raises(UltraFeedbackError, match="max_error_fraction") as info:
         run_group(store, group, refs, cfg, 42, {}, "unused", backend=ScriptedBackend(fail_ids=all_ids))
+    assert not isinstance(info.value, TransientError)  # a refusal repeats: retrying it only pays again
     assert store.done(part_stage(group.names[0]), refs[0].shard_id) is None
     with pytest.raises(TransientError, match="not finished"):
         merge_shard(store, refs[0], cfg, 42, {})
@@ -132,3 +133,19 @@ def test_changed_sampling_invalidates_only_that_models_parts(store):
     changed.models[1].sampling.temperature = 0.5
     results = [run_group(store, g, refs, changed, 42, {}, "unused") for g in engine_groups(changed)]
     assert [(r.kept, r.written) for r in results] == [(2, 0), (0, 2)]
+
+
+def test_a_transient_failure_is_never_a_failed_row_and_the_retry_sends_only_what_is_missing(store):
+    refs = write_instruction_shards(store, per_shard=3, shards=2)
+    cfg = scripted_pool(n=1, k=1)
+    (group,) = engine_groups(cfg)
+    planned = plan_shard(store.read_shard(refs[0]), cfg, 42)
+    flaky = {planned[1].request_id}
+    with pytest.raises(TransientError, match="1 parts unfinished.*failed transiently"):
+        run_group(store, group, refs, cfg, 42, {}, "unused", backend=ScriptedBackend(transient_ids=flaky))
+    assert store.done(part_stage("m0"), refs[0].shard_id) is None  # the part holding it is not written
+    assert store.done(part_stage("m0"), refs[1].shard_id) is not None  # the other shard's part is
+    res = run_group(store, group, refs, cfg, 42, {}, "unused", backend=ScriptedBackend())
+    assert (res.kept, res.written, res.requests, res.failed_requests) == (1, 1, 3, 0)
+    rows = store.read_shard(merge_shard(store, refs[0], cfg, 42, {})).to_pylist()
+    assert len(rows) == 3 and all(r["response"] and r["error"] is None for r in rows)

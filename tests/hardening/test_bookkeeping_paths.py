@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.rating import cost, parse, prompts, protocol
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.protocol import ASPECTS, CRITIQUE
 
 # Text near the fences: tags, slashes, case and whitespace variants, NUL, quotes, non-ASCII.

@@ -24,11 +24,11 @@ import pytest
 from flows.config import load_config
 from flows.ultrafeedback import ultrafeedback
 from storage.schemas import to_table
-from tasks.backends.openai_judge import OpenAIJudgeBackend
+from tasks.rating.judges import judge_backend
 from tasks.errors import RateLimitedError, TransientError
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
-from tasks.rating.limiter import reset_limiters
+from tasks.backends.journal import Journal
+from tasks.backends.limiter import reset_limiters
 from tasks.rating.protocol import CRITIQUE, fence_response, fence_text, find_response, find_texts
 from tasks.rating.stage import rate_shard
 from tests.ops.helpers import published_tables
@@ -98,7 +98,7 @@ def rate(instr, comps, cfg: RatingConfig, journal, attempts: int = 5, pause_s: f
     handed_back = []
     for _ in range(attempts):
         try:
-            table, stats = rate_shard(instr, comps, cfg, 42, OpenAIJudgeBackend(cfg.endpoint), Journal(journal))
+            table, stats = rate_shard(instr, comps, cfg, 42, judge_backend(cfg.endpoint), Journal(journal))
             return table, stats, handed_back
         except (TransientError, RateLimitedError) as exc:
             handed_back.append(type(exc).__name__)
@@ -175,11 +175,11 @@ def test_5xx_on_every_try_hands_the_shard_back_and_the_rerun_sends_only_those(tm
     answers[1][2] = f"{answers[1][2]} [[fault:503*3]]"
     srv = Server().start()
     try:
-        table, stats, handed_back = rate(*shard(answers), config(srv.url), tmp_path / "j.jsonl")
+        table, stats, handed_back = rate(*shard(answers), config(srv.url, retry={"attempts": 3}), tmp_path / "j.jsonl")
     finally:
         st = stop(srv)
     check_exact(table, answers)
-    assert handed_back == ["TransientError"]  # 1 try + 2 transport retries each, then the shard went back once
+    assert handed_back == ["TransientError"]  # 3 tries each (retry.attempts), then the shard went back once
     assert st["faults"] == {"503": 15} and st["duplicates"] == [] and st["answered"] == CALLS
     assert stats.sent == 5 and stats.from_journal == CALLS - 5  # the rerun sent only the five
     record("5xx on every try of 5 requests", st, stats, handed_back, rerun_sent=stats.sent)
@@ -279,7 +279,7 @@ def test_prompt_injection_inside_completions_moves_no_score(tmp_path, mode):
 def test_judge_server_down_mid_shard_then_back(tmp_path):
     srv = Server(latency_s=0.05).start()
     port = srv.server_address[1]
-    cfg = config(srv.url, max_concurrency=2)
+    cfg = config(srv.url, max_concurrency=2, retry={"attempts": 3})
     path = tmp_path / "j.jsonl"
     revived: list[Server] = []
 

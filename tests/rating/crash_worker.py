@@ -12,7 +12,7 @@ import time
 from storage.schemas import to_table
 from tasks.backends.scripted_judge import ScriptedJudge
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row
 
@@ -46,9 +46,9 @@ def http_config(base_url: str, mode: str = "text", concurrency: int = 2) -> Rati
 if __name__ == "__main__":
     journal, log = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
-        from tasks.backends.openai_judge import OpenAIJudgeBackend
+        from tasks.rating.judges import judge_backend
 
         cfg = http_config(sys.argv[3])
-        rate_shard(*shard(), cfg, 42, OpenAIJudgeBackend(cfg.endpoint), Journal(journal))
+        rate_shard(*shard(), cfg, 42, judge_backend(cfg.endpoint), Journal(journal))
     else:
         rate_shard(*shard(), RatingConfig.model_validate(CFG), 42, SlowLoggingJudge(log), Journal(journal))

@@ -6,7 +6,7 @@ import pytest
 from tasks.backends.scripted_judge import ScriptedJudge
 from tasks.rating.config import Price, RatingConfig
 from tasks.rating.cost import format_summary, merge, request_cost, summarize, summarize_table
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard
 
 

@@ -14,7 +14,7 @@ import pytest
 from tasks.backends.base import make_request, result_error
 from tasks.backends.scripted_judge import ScriptedCrash, ScriptedJudge
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal, JournaledBackend, journal_path
+from tasks.backends.journal import Journal, JournaledBackend, journal_path
 from tasks.rating.stage import rate_shard
 from tests.rating.crash_worker import CFG, shard as worker_shard
 
@@ -83,13 +83,13 @@ def test_sigkill_mid_shard_then_rerun_pays_only_for_unanswered(tmp_path):
 def test_errors_are_not_journaled_and_are_asked_again(tmp_path):
     class Failing(ScriptedJudge):
         def _answer(self, req):
-            return result_error(req["custom_id"], "503", "busy") if req["custom_id"] == "b" else super()._answer(req)
+            return result_error(req["custom_id"], "http_503", "busy") if req["custom_id"] == "b" else super()._answer(req)
 
     body = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Aspect: critique\n\n<response>\nx\n</response>"}]}
     reqs = [make_request("a", body), make_request("b", body)]
     with JournaledBackend(Failing(), Journal(tmp_path / "j.jsonl")) as jb:
         got = {r["custom_id"]: r for r in jb.run(reqs)}
-    assert got["b"]["error"]["code"] == "503" and (jb.answered, jb.errors) == (1, 1)
+    assert got["b"]["error"]["code"] == "http_503" and (jb.answered, jb.errors) == (1, 1)
     again = ScriptedJudge()
     with JournaledBackend(again, Journal(tmp_path / "j.jsonl")) as jb:
         got = {r["custom_id"]: r for r in jb.run(reqs)}

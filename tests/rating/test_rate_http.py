@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tasks.backends.openai_judge import OpenAIJudgeBackend
+from tasks.rating.judges import judge_backend
 from tasks.rating.cost import summarize_table
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, ROOT
 from tests.rating.crash_worker import http_config, shard
@@ -28,7 +28,7 @@ TOTAL = 24
 @pytest.mark.parametrize("mode", ["text", "structured"])
 def test_exact_values_and_cost_match_the_server(judge_server, tmp_path, mode):
     cfg = http_config(judge_server.url, mode, concurrency=8)
-    table, stats = rate_shard(*shard(), cfg, 42, OpenAIJudgeBackend(cfg.endpoint), Journal(tmp_path / "j.jsonl"))
+    table, stats = rate_shard(*shard(), cfg, 42, judge_backend(cfg.endpoint), Journal(tmp_path / "j.jsonl"))
     responses = {(q["prompt_id"], i): a for q, ans in zip(QUESTIONS, ANSWERS) for i, a in enumerate(ans)}
     for row in table.to_pylist():
         text = responses[(row["prompt_id"], row["completion_index"])]
@@ -75,7 +75,7 @@ def test_sigkill_mid_shard_then_rerun_the_server_counts(judge_server_factory, tm
     answered = _journaled(path)
     assert 8 <= len(answered) < TOTAL
     cfg = http_config(server.url)
-    table, stats = rate_shard(*shard(), cfg, 42, OpenAIJudgeBackend(cfg.endpoint), Journal(path))
+    table, stats = rate_shard(*shard(), cfg, 42, judge_backend(cfg.endpoint), Journal(path))
     assert stats.from_journal == len(answered) and stats.sent == TOTAL - len(answered)
     s = get_stats(server.url)
     # Only requests in flight at the kill (two at most) were answered twice; nothing journaled was resent.

@@ -15,7 +15,7 @@ import pytest
 from storage.schemas import to_table
 from tasks.generation.config import default_engine_python, models_dir
 from tasks.rating.config import RatingConfig
-from tasks.rating.journal import Journal
+from tasks.backends.journal import Journal
 from tasks.rating.judges import close_engines, open_judge
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row

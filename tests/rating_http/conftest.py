@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.rating.limiter import reset_limiters
+from tasks.backends.limiter import reset_limiters
 from tests.servers.fixtures import judge_server, judge_server_factory  # noqa: F401  (pytest fixtures)
 
 

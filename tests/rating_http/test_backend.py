@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tasks.backends.base import Backend, make_request, message_text
-from tasks.backends.openai_judge import OpenAIJudgeBackend
+from tasks.rating.judges import judge_backend
 from tasks.errors import InputError, RateLimitedError
 from tasks.rating import prompts
 from tasks.rating.config import JudgeEndpoint
@@ -39,7 +39,7 @@ def _aspect_request(aspect: str, mode: str, texts=TEXTS, instruction="What if yo
 
 
 def _run(endpoint: JudgeEndpoint, reqs, **kw) -> dict[str, dict]:
-    with OpenAIJudgeBackend(endpoint, window_s=W, **kw) as be:
+    with judge_backend(endpoint, window_s=W, **kw) as be:
         assert isinstance(be, Backend)
         return {r["custom_id"]: r for r in be.run(reqs)}
 
@@ -82,7 +82,7 @@ def test_known_limits_keep_the_server_free_of_429s(judge_server_factory):
 def test_limits_learned_from_headers(judge_server_factory):
     srv = judge_server_factory(limits=Limits(rpm=120, tpm=30_000, window_s=W, burst=0.1))
     reqs = [_aspect_request("honesty", "structured", instruction=f"Q{i}?") for i in range(16)]
-    with OpenAIJudgeBackend(_endpoint(srv.url, max_concurrency=8), window_s=W) as be:
+    with judge_backend(_endpoint(srv.url, max_concurrency=8), window_s=W) as be:
         results = list(be.run(reqs))
         snap = be.limiter.snapshot()
     assert len(results) == 16 and all(message_text(r) for r in results)
@@ -94,10 +94,15 @@ def test_recovers_from_a_429_storm(judge_server_factory):
     srv = judge_server_factory(limits=Limits(rpm=600, tpm=None, window_s=W))
     reqs = [_aspect_request("honesty", "text", instruction=f"Q{i}?") for i in range(20)]
     post_control(srv.url, "/_faults", {"faults": [{"kind": "429", "arg": 0.4, "count": 6}]})
-    with OpenAIJudgeBackend(_endpoint(srv.url, rpm=600, max_concurrency=8), window_s=W) as be:
+    with judge_backend(_endpoint(srv.url, rpm=600, max_concurrency=8), window_s=W) as be:
         results = list(be.run(reqs))
         snap = be.limiter.snapshot()
     st = get_stats(srv.url)
+    for _ in range(100):  # the server counts an answer just after sending it: let the last one land
+        if st["in_flight"] == 0:
+            break
+        time.sleep(0.02)
+        st = get_stats(srv.url)
     assert len(results) == 20 and all(message_text(r) for r in results)
     assert st["faults"] == {"429": 6} and st["answered"] == 20 and st["duplicates"] == []
     # at most one cut per 429 (requests sent before a cut do not cut again: see test_limiter)
@@ -121,25 +126,26 @@ def test_persistent_429_hands_the_shard_back(judge_server_factory):
 
 @pytest.mark.parametrize("marker,code,receipts", [
     ("500*1", None, 2), ("reset*2", None, 3), ("badjson*1", None, 2),
-    ("503", "503", 3), ("reset", "connection_error", 3), ("cut", "connection_error", 3),
+    ("503", "http_503", 3), ("reset", "connection_error", 3), ("cut", "connection_error", 3),
     ("badjson", "bad_response", 3), ("hang:5", "timeout", 3)])
 def test_transport_faults_retry_then_become_error_results(judge_server, marker, code, receipts):
     req = _aspect_request("honesty", "text", extra=f" [[fault:{marker}]]")
     t = time.monotonic()
-    res = _run(_endpoint(judge_server.url, timeout_s=0.3), [req])[req["custom_id"]]
+    res = _run(_endpoint(judge_server.url, timeout_s=0.3, retry={"attempts": 3}), [req])[req["custom_id"]]
     fp_counts = list(get_stats(judge_server.url)["fingerprints"].values())
-    assert fp_counts[0]["received"] == receipts  # 1 try + at most 2 transport retries
+    assert fp_counts[0]["received"] == receipts  # at most 3 tries (retry.attempts)
     if code is None:
         assert message_text(res) is not None
     else:
-        assert res["response"] is None and res["error"]["code"] == code
+        assert res["response"] is None and res["error"]["code"] == code and res["error"]["transient"] is True
     assert time.monotonic() - t < 10
 
 
 def test_permanent_4xx_is_not_retried(judge_server):
     req = make_request("rq-empty", {"model": "judge", "messages": []})
     res = _run(_endpoint(judge_server.url), [req])["rq-empty"]
-    assert res["error"]["code"] == "400" and get_stats(judge_server.url)["requests"] == 1
+    assert res["error"]["code"] == "http_400" and res["error"]["transient"] is False
+    assert get_stats(judge_server.url)["requests"] == 1
 
 
 @pytest.mark.parametrize("kind", ["truncate", "malformed"])
@@ -168,7 +174,7 @@ def test_api_key_never_leaks(judge_server_factory, monkeypatch, caplog):
     assert "JUDGE_KEY" in str(err.value) and secret not in str(err.value)
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(InputError, match="JUDGE_KEY"):
-        OpenAIJudgeBackend(ep.model_copy(update={"kind": "openai"})).__enter__()
+        judge_backend(ep.model_copy(update={"kind": "openai"})).__enter__()
 
 
 def test_azure_openai_endpoint(judge_server_factory, monkeypatch):
@@ -190,7 +196,7 @@ def test_consumer_stopping_early_ends_the_run(judge_server_factory):
     srv = judge_server_factory(latency_s=0.2)
     reqs = [_aspect_request("honesty", "text", instruction=f"Q{i}?") for i in range(30)]
     t = time.monotonic()
-    with OpenAIJudgeBackend(_endpoint(srv.url, max_concurrency=2), window_s=W) as be:
+    with judge_backend(_endpoint(srv.url, max_concurrency=2), window_s=W) as be:
         for _ in be.run(reqs):
             break
         assert be.limiter.snapshot()["in_flight"] == 0

@@ -11,8 +11,8 @@ from email.utils import formatdate
 
 import pytest
 
-from tasks.rating.limit_hints import estimate_prompt_tokens, parse_duration, retry_after_s
-from tasks.rating.limiter import EndpointLimiter, limiter_for
+from tasks.backends.limit_hints import estimate_prompt_tokens, parse_duration, retry_after_s
+from tasks.backends.limiter import EndpointLimiter, limiter_for
 
 
 def _drive(lim: EndpointLimiter, n: int, prompt: int = 10, hold_s: float = 0.0, usage: dict | None = None) -> list[float]:

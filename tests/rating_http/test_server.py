@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.rating.limit_hints import parse_duration
+from tasks.backends.limit_hints import parse_duration
 from tasks.rating.protocol import aspect_header, fence_response, fence_text, response_format
 from tests.servers.fixtures import get_stats, post_control
 from tests.servers.scripted import scripted_overall, scripted_rating, scripted_types

@@ -2,7 +2,8 @@
 
 Inputs: chat-completion requests (POST /v1/chat/completions, Azure's
 /openai/deployments/<name>/chat/completions), GET /v1/models; control endpoints
-GET /_stats, POST /_reset, POST /_faults. Outputs: scripted answers (tests/servers/scripted.py)
+GET /_stats, POST /_reset, POST /_faults. Outputs (404 model_not_found for a model it does not
+serve when started with strict_models): scripted answers (tests/servers/scripted.py)
 with `usage`, OpenAI's rate-limit headers, 429s when the configured RPM/TPM is exceeded, and
 injected faults.
 
@@ -10,7 +11,7 @@ Faults: `[[fault:KIND[:ARG][*N]]]` anywhere in a message or an `X-Fault: KIND[:A
 header triggers one for that request (N: only its first N receipts); scheduled faults
 (count, rate or seconds) come from `--fault` or POST /_faults. In /_stats, status 0 means the
 client got no readable answer (hang, reset, cut, badjson). Kinds: 429 (ARG = Retry-After
-seconds), 500/502/503/504, hang (ARG seconds, then the connection closes unanswered), reset
+seconds), 400 (context too long), 500/502/503/504, hang (ARG seconds, then the connection closes unanswered), reset
 (TCP RST), cut (body cut short), badjson (200 with a body that is not JSON), truncate (answer
 cut in half, finish_reason "length"), malformed (answer in no judge format), slow (ARG
 seconds before a normal answer).
@@ -68,8 +69,9 @@ class JudgeServer(ThreadingHTTPServer):
     def __init__(self, port: int = 0, limits: Limits | None = None, faults: list[Fault] | None = None,
                  api_key: str | None = None, latency_s: float = 0.0, latency_per_token_s: float = 0.0,
                  rationale_words: int = 40, completion_words: int = 120, models: tuple[str, ...] = ("judge",),
-                 seed: int = 0):
+                 seed: int = 0, strict_models: bool = False):
         super().__init__(("127.0.0.1", port), _Handler)
+        self.strict_models = strict_models  # 404 model_not_found for a model not in `models`, as OpenAI does
         self.state = ServerState(limits or Limits(), faults, seed)
         self.api_key = api_key
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
@@ -184,8 +186,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in ("/v1/chat/completions", "/chat/completions") or _AZURE_PATH.match(path):
             if body is None:
                 self._error(400, "request body is not a JSON object", "invalid_request_error")
-            elif not self._authorised():
-                self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            elif not self._authorised():  # counted like any answer, so tests see how often a bad key was tried
+                fp = request_fingerprint(body)
+                self.server.state.receive(fp)
+                try:
+                    self._error(401, "Incorrect API key provided.", "invalid_api_key")
+                finally:
+                    self.server.state.done(fp, 401, None, body.get("model"))
             else:
                 m = _AZURE_PATH.match(path)
                 if m:
@@ -211,6 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, fault_kind, usage, model, note = 500, None, None, body.get("model"), None
         try:
             messages = body.get("messages")
+            if srv.strict_models and model not in srv.models:
+                status, note = 404, f"The model `{model}` does not exist or you do not have access to it."
+                return self._error(404, note, "model_not_found")
             if not isinstance(messages, list) or not messages:
                 status, note = 400, f"messages: expected a non-empty list, got {str(messages)[:200]}"
                 return self._error(400, note, "invalid_request_error")
@@ -254,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
             return 0
         if delay and srv.stopping.wait(delay):
             return 0
+        if kind == "400":  # what a hosted endpoint says to a prompt over the model's context
+            self._error(400, "This model's maximum context length is 4096 tokens; your messages resulted in "
+                             "5012 tokens.", "context_length_exceeded", headers)
+            return 400
         if kind in ("500", "502", "503", "504"):
             self._error(int(kind), "The server had an error while processing your request.", "server_error", headers)
             return int(kind)

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("429", "500", "502", "503", "504", "hang", "reset", "cut", "badjson", "truncate", "malformed", "slow")
+FAULT_KINDS = ("429", "400", "500", "502", "503", "504", "hang", "reset", "cut", "badjson", "truncate", "malformed", "slow")
 
 
 def request_fingerprint(body: dict) -> str:

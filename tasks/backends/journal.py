@@ -1,4 +1,5 @@
-"""A durable request journal, so that no judge request is paid for twice.
+"""A durable request journal, so that no request to a model (judge or hosted generator) is
+paid for twice.
 
 Inputs: a local file path per shard, result records from a Backend. Outputs: the file
 (JSON lines, one answered result each) and `JournaledBackend`, which wraps any Backend:
@@ -16,7 +17,8 @@ cost of a run with a fast judge (half a million answers at full scale).
 Only answers (HTTP 200) are journaled; an error is not an answer and is asked again next
 time. A line torn by a crash is skipped on reading and never glued to the next record.
 
-Where: `<output>/journal/rate/<shard_id>.jsonl` for a local output root. An fsspec remote
+Where: `<output>/journal/rate/<shard_id>.jsonl` for a local output root (generation:
+`<output>/journal/generate/<model>/<shard_id>.jsonl`). An fsspec remote
 root (s3://, gs://, memory://) cannot append and fsync durably, so its journal stays on
 local disk: `rating.journal_dir` if set, else a per-root folder in the user cache
 (`$XDG_CACHE_HOME` or `~/.cache`, `ultrafeedback/journal/<hash of root>/rate`). A rerun on
@@ -167,3 +169,37 @@ class JournaledBackend:
             else:
                 self.errors += 1
             yield res
+
+
+class JournalSet:
+    """Several journals behind one Journal's interface: each answer goes to the journal of
+    its request id (generation keeps one per model and instruction shard, so a finished
+    part's journal can be read or dropped on its own)."""
+
+    def __init__(self, route: dict[str, Journal]):
+        self.route = route
+        self.journals = list({id(j): j for j in route.values()}.values())
+
+    @property
+    def torn_lines(self) -> int:
+        return sum(j.torn_lines for j in self.journals)
+
+    def load(self) -> dict[str, BatchResult]:
+        out: dict[str, BatchResult] = {}
+        for j in self.journals:
+            out.update(j.load())
+        return out
+
+    def open(self) -> "JournalSet":
+        for j in self.journals:
+            j.open()
+        return self
+
+    def append(self, result: BatchResult) -> None:
+        journal = self.route.get(result["custom_id"])
+        if journal is not None:  # an id nobody asked for is not ours to keep
+            journal.append(result)
+
+    def close(self) -> None:
+        for j in self.journals:
+            j.close()

@@ -1,4 +1,4 @@
-"""Per-endpoint request limiting for the HTTP judge: RPM and TPM buckets, a concurrency cap
+"""Per-endpoint request limiting for every OpenAI-protocol endpoint: RPM and TPM buckets, a concurrency cap
 that adapts to 429s (AIMD), and limits learned from the server's headers.
 
 Inputs: for each request, an estimate of its prompt tokens and its answer cap; afterwards
@@ -18,8 +18,10 @@ limiter.slot(...)` returns when the request may be sent.
   `x-ratelimit-remaining-*` lowers a bucket that holds more than the server can have left
   (a request that reached the server late, a key shared with another client).
 - On a 429 the endpoint pauses for `retry-after-ms` / `Retry-After` / `x-ratelimit-reset-*`
-  (full-jitter exponential when none is given), the buckets restart empty after the pause,
-  and the concurrency cap halves once per congestion event; each success adds 1/cap back
+  (full-jitter exponential when none is given, one step up per congestion event, not per
+  429: the answers of requests already in flight are echoes of the same event), the
+  buckets restart empty after the pause, and the concurrency cap halves once per congestion
+  event; each success adds 1/cap back
   (additive increase). With no limit known up front it starts at one request in flight and
   adds one per success until the first 429 or the first limit headers.
 
@@ -41,8 +43,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
-from tasks.rating.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
-from tasks.rating.limit_hints import estimate_prompt_tokens, retry_after_s
+from tasks.backends.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
+from tasks.backends.limit_hints import estimate_prompt_tokens, retry_after_s
+
+RESYNC_ALWAYS_BELOW = 512  # requests in the window
+RESYNC_EVERY_S = 0.1
 
 __all__ = ["EndpointLimiter", "Permit", "limiter_for", "reset_limiters", "estimate_prompt_tokens", "retry_after_s"]
 
@@ -84,7 +89,7 @@ class EndpointLimiter:
     def __init__(self, key: str, *, rpm: float | None = None, tpm: float | None = None, max_concurrency: int = 16,
                  learn_limits: bool = True, window_s: float = 60.0, burst: float = 1 / 120, headroom: float = 0.99,
                  cushion_s: float = 0.25,
-                 min_concurrency: int = 1, gate: str | None = None, model: str = ""):
+                 min_concurrency: int = 1, gate: str | None = None, model: str = "", slow_start: bool | None = None):
         self.key, self.model, self.gate = key, model, gate
         self.window_s, self.burst, self.headroom, self.cushion_s = window_s, burst, headroom, cushion_s
         self.learn_limits = learn_limits
@@ -95,7 +100,7 @@ class EndpointLimiter:
         self.max_concurrency, self.min_concurrency = max_concurrency, min_concurrency
         # Without known limits, start with one request in flight (its answer's headers may
         # teach the limits) and grow by one per success until the first 429 (slow start).
-        self.slow_start = not (rpm or tpm)
+        self.slow_start = not (rpm or tpm) if slow_start is None else slow_start
         self.slots = _Slots(1.0 if self.slow_start else float(max_concurrency))
         self.blocked_until = 0.0
         self.epoch = 0
@@ -104,6 +109,7 @@ class EndpointLimiter:
         self.completion_mean: dict[str, float] = {}
         self.sent: deque[Permit] = deque()  # recent requests, to compare with x-ratelimit-remaining-*
         self.prompt_ratio = 1.0
+        self._resynced_at = -math.inf
         self.stats = LimiterStats()
 
     # --- admission ---------------------------------------------------------------------
@@ -193,8 +199,17 @@ class EndpointLimiter:
                     self.prompt_ratio = 0.8 * self.prompt_ratio + 0.2 * (p / permit.prompt_raw)
                 prev = self.completion_mean.get(permit.label)
                 self.completion_mean[permit.label] = c if prev is None else 0.8 * prev + 0.2 * c
-            if headers is not None and permit.epoch == self.epoch:
+            if headers is not None and permit.epoch == self.epoch and self._resync_due():
                 self._resync(permit, headers)
+
+    def _resync_due(self) -> bool:
+        """A resync sums over the window's requests: with a full window at high rates, do it
+        at most every RESYNC_EVERY_S (a stall is still caught within that) instead of per answer."""
+        now = time.monotonic()
+        if len(self.sent) <= RESYNC_ALWAYS_BELOW or now - self._resynced_at >= RESYNC_EVERY_S:
+            self._resynced_at = now
+            return True
+        return False
 
     def _resync(self, permit: Permit, headers: Mapping[str, str]) -> None:
         """Lower a bucket that holds more than the server can have left. The server's
@@ -228,9 +243,11 @@ class EndpointLimiter:
             if headers is not None:
                 self._learn(headers)
             wait = retry_after_s(headers or {})
-            if wait is None:  # no hint: full-jitter exponential backoff
-                wait = random.uniform(0, min(60.0, 0.5 * 2 ** self.backoff_level))
-                self.backoff_level += 1
+            new_event = permit.sent_at >= self.last_cut  # sent after the last cut: news, not an echo
+            if wait is None:  # no hint: full-jitter exponential backoff, one step per congestion event
+                if new_event:
+                    self.backoff_level += 1
+                wait = random.uniform(0, min(60.0, 0.5 * 2 ** max(0, self.backoff_level - 1)))
             until = now + wait
             if until > self.blocked_until:
                 self.stats.paused_s += until - max(now, self.blocked_until)
@@ -240,7 +257,7 @@ class EndpointLimiter:
                         b.pause_until(until)
                 self.epoch += 1
             self.slow_start = False
-            if permit.sent_at >= self.last_cut:
+            if new_event:
                 self.slots.cap = max(float(self.min_concurrency), self.slots.cap / 2)
                 self.last_cut = now
                 self.stats.cuts += 1
@@ -301,6 +318,9 @@ def limiter_for(key: str, **kwargs: Any) -> EndpointLimiter:
 
 
 def reset_limiters() -> None:
-    """Forget every limiter (tests; a new configuration in the same process)."""
+    """Forget every limiter and breaker (tests; a new configuration in the same process)."""
+    from tasks.backends.faults import reset_breakers
+
     with _LOCK:
         _REGISTRY.clear()
+    reset_breakers()
