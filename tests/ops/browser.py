@@ -1,0 +1,164 @@
+"""The Prefect web UI driven the way a person uses it: headless Chromium through Selenium.
+
+Inputs: the UI's base URL (a `prefect server` started with its UI) and Debian's `chromium`
+and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`, or the paths in
+`UF_CHROMIUM` / `UF_CHROMEDRIVER`). Outputs: `PrefectUI`, whose methods click through
+pages (a deployment's Run -> Custom run form, a parameter field, Submit, a flow run's
+Retry) and return what a person would read off the page (the new flow run's id).
+
+Every step waits explicitly for the element it needs (no sleeps), so a slow first page
+load only costs time up to `timeout_s`. `screenshot(name)` saves a PNG beside the test's
+other outputs; the tests take one whenever a step fails.
+
+Selectors follow the UI's own components (Prefect 3.9's UI): the Run menu button
+`button.run-menu__run-button`, menu items `button.p-overflow-menu-item`, parameter
+fields as `div.p-label` blocks titled by `span.schema-form-property__label`, modals as
+`div.p-modal`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
+MISSING = ("headless Chromium is not installed: apt-get install -y chromium chromium-driver "
+           "(scripts/test.sh does this when apt-get is available)")
+_LABEL = "span[contains(concat(' ', @class, ' '), ' schema-form-property__label ')]"
+_FIELD = "ancestor::div[contains(concat(' ', @class, ' '), ' p-label ')][1]"
+_INPUT = ".p-label__body input, .p-label__body textarea, .p-label__body select"
+
+
+def browser_paths() -> tuple[str, str] | None:
+    """(chromium, chromedriver) executables, or None when either is missing."""
+    chromium = os.environ.get("UF_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_CANDIDATES)), None)
+    driver = os.environ.get("UF_CHROMEDRIVER") or shutil.which("chromedriver")
+    return (chromium, driver) if chromium and driver else None
+
+
+@contextlib.contextmanager
+def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator[object]:
+    """A Selenium WebDriver on the system Chromium; quit at exit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    paths = browser_paths()
+    if paths is None:
+        raise RuntimeError(MISSING)
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(paths[1]), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class PrefectUI:
+    """Pages of one Prefect UI at `base_url`, driven through `driver`."""
+
+    def __init__(self, driver, base_url: str, shots: Path, timeout_s: float = 60.0):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        self.base_url = base_url.rstrip("/")
+        self.shots = Path(shots)
+        self.wait = WebDriverWait(driver, timeout_s, poll_frequency=0.2)
+
+    def screenshot(self, name: str) -> Path:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        path = self.shots / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+    @contextlib.contextmanager
+    def shot_on_failure(self, name: str) -> Iterator[None]:
+        """Save a screenshot `name`.png when the block raises (what the page showed at that moment)."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                print(f"screenshot of the failing page: {self.screenshot(name)}")
+            raise
+
+    def _clickable(self, css: str, text: str | None = None, within=None):
+        """The first displayed, enabled element matching `css` (and showing `text`), once there is one."""
+        from selenium.webdriver.common.by import By
+
+        def find(_):
+            for el in (within or self.driver).find_elements(By.CSS_SELECTOR, css):
+                if el.is_displayed() and el.is_enabled() and (text is None or el.text.strip() == text):
+                    return el
+            return False
+
+        return self.wait.until(find, f"no clickable {css!r} showing {text!r} on {self.driver.current_url}")
+
+    def open_custom_run(self, deployment_id: str) -> None:
+        """Deployment page -> Run -> Custom run; returns when the parameter form is filled in."""
+        self.driver.get(f"{self.base_url}/deployments/deployment/{deployment_id}")
+        self._clickable("button.run-menu__run-button", "Run").click()
+        self._clickable("button.p-overflow-menu-item", "Custom run").click()
+        self.wait.until(lambda d: "/run" in d.current_url and self._fields("Quota (Optional)"),
+                        "the Custom run form did not show its parameter fields")
+
+    def _fields(self, label: str) -> list:
+        """The input elements of every form field titled `label`, in page order."""
+        from selenium.webdriver.common.by import By
+
+        spans = self.driver.find_elements(By.XPATH, f"//{_LABEL}[normalize-space()='{label}']")
+        inputs = []
+        for span in spans:
+            found = span.find_element(By.XPATH, f"./{_FIELD}").find_elements(By.CSS_SELECTOR, _INPUT)
+            inputs.extend(found[:1])
+        return inputs
+
+    def source_quota(self, source: str):
+        """The Quota input of the `sources` item whose Name is `source`."""
+        from selenium.webdriver.common.by import By
+
+        for quota in self._fields("Quota (Optional)"):
+            item = quota.find_element(By.XPATH, f"./ancestor::div[.//{_LABEL}[normalize-space()='Name']][1]")
+            names = [el.get_property("value") for el in item.find_elements(By.CSS_SELECTOR, "textarea")]
+            if source in names:
+                return quota
+        raise AssertionError(f"no source named {source!r} in the Custom run form")
+
+    def set_source_quota(self, source: str, value: int) -> None:
+        """Type `value` into the source's Quota field as a person does: select all, type."""
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.source_quota(source)
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(str(value))
+        self.wait.until(lambda _: self.source_quota(source).get_property("value") == str(value),
+                        f"the {source} quota field does not show {value}")
+
+    def submit_run(self) -> str:
+        """Submit the Custom run form, then the toast's "View run"; the id of the flow run it opens."""
+        button = self._clickable("button[type=submit]", "Submit")
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+        button.click()
+        # the UI goes back to the deployment page and announces the new run in a toast
+        self._clickable("button.toast-flow-run-create__button", "View run").click()
+        pattern = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
+        self.wait.until(lambda d: pattern.search(d.current_url), "the UI did not open the new flow run")
+        return pattern.search(self.driver.current_url).group(1)
+
+    def retry(self, flow_run_id: str) -> None:
+        """Flow run page -> Retry -> confirm Retry in the dialog; returns when the dialog closes."""
+        from selenium.webdriver.support import expected_conditions as ec
+
+        self.driver.get(f"{self.base_url}/runs/flow-run/{flow_run_id}")
+        self._clickable("button.p-button", "Retry").click()
+        modal = self._clickable("div.p-modal")
+        self._clickable("button.p-button", "Retry", within=modal).click()
+        self.wait.until(ec.invisibility_of_element(modal), "the Retry dialog did not close")
