@@ -18,6 +18,7 @@ fields as `div.p-label` blocks titled by `span.schema-form-property__label`, mod
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -54,6 +55,8 @@ def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator[object]
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 f"--window-size={width},{height}"):
         options.add_argument(arg)
+    # the page's console and network events, printed when a step fails
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(paths[1]), options=options)
     try:
         yield driver
@@ -80,13 +83,51 @@ class PrefectUI:
 
     @contextlib.contextmanager
     def shot_on_failure(self, name: str) -> Iterator[None]:
-        """Save a screenshot `name`.png when the block raises (what the page showed at that moment)."""
+        """When the block raises: save `name`.png (what the page showed) and print the page's console errors."""
         try:
             yield
         except BaseException:
             with contextlib.suppress(Exception):
                 print(f"screenshot of the failing page: {self.screenshot(name)}")
+                for line in self.failures():
+                    print(line)
             raise
+
+    def failures(self) -> list[str]:
+        """The page's console errors and its failed requests (HTTP >= 400, network errors) so far."""
+        lines = [f"console {e['level']}: {e['message'][:500]}" for e in self.driver.get_log("browser")
+                 if e.get("level") in ("SEVERE", "WARNING")]
+        urls = {}
+        for entry in self.driver.get_log("performance"):
+            event = json.loads(entry["message"])["message"]
+            params = event.get("params", {})
+            if event.get("method") == "Network.requestWillBeSent":
+                urls[params["requestId"]] = f"{params['request']['method']} {params['request']['url']}"
+            elif event.get("method") == "Network.responseReceived" and params["response"]["status"] >= 400:
+                lines.append(f"HTTP {params['response']['status']}: {urls.get(params['requestId'], params['response']['url'])}")
+            elif event.get("method") == "Network.loadingFailed":
+                lines.append(f"request failed ({params.get('errorText')}): {urls.get(params['requestId'], '?')}")
+        return lines
+
+    def _click(self, css: str, text: str | None = None, within=None) -> None:
+        """Click the element `_clickable` finds (again if the page re-renders it meanwhile)."""
+        from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        def click(_):
+            try:
+                element = self._clickable(css, text, within)
+                try:
+                    element.click()
+                except ElementClickInterceptedException:
+                    # chromedriver's hit test rejects the toast's buttons (it reports the button's own
+                    # content as covering it); a pointer click at the same spot is what a person does
+                    ActionChains(self.driver).move_to_element(element).click().perform()
+                return True
+            except StaleElementReferenceException:
+                return False
+
+        self.wait.until(click, f"{css!r} showing {text!r} kept changing on {self.driver.current_url}")
 
     def _clickable(self, css: str, text: str | None = None, within=None):
         """The first displayed, enabled element matching `css` (and showing `text`), once there is one."""
@@ -103,8 +144,8 @@ class PrefectUI:
     def open_custom_run(self, deployment_id: str) -> None:
         """Deployment page -> Run -> Custom run; returns when the parameter form is filled in."""
         self.driver.get(f"{self.base_url}/deployments/deployment/{deployment_id}")
-        self._clickable("button.run-menu__run-button", "Run").click()
-        self._clickable("button.p-overflow-menu-item", "Custom run").click()
+        self._click("button.run-menu__run-button", "Run")
+        self._click("button.p-overflow-menu-item", "Custom run")
         self.wait.until(lambda d: "/run" in d.current_url and self._fields("Quota (Optional)"),
                         "the Custom run form did not show its parameter fields")
 
@@ -146,9 +187,9 @@ class PrefectUI:
         """Submit the Custom run form, then the toast's "View run"; the id of the flow run it opens."""
         button = self._clickable("button[type=submit]", "Submit")
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-        button.click()
+        self._click("button[type=submit]", "Submit")
         # the UI goes back to the deployment page and announces the new run in a toast
-        self._clickable("button.toast-flow-run-create__button", "View run").click()
+        self._click("button.toast-flow-run-create__button", "View run")
         pattern = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
         self.wait.until(lambda d: pattern.search(d.current_url), "the UI did not open the new flow run")
         return pattern.search(self.driver.current_url).group(1)
@@ -158,7 +199,7 @@ class PrefectUI:
         from selenium.webdriver.support import expected_conditions as ec
 
         self.driver.get(f"{self.base_url}/runs/flow-run/{flow_run_id}")
-        self._clickable("button.p-button", "Retry").click()
+        self._click("button.p-button", "Retry")
         modal = self._clickable("div.p-modal")
-        self._clickable("button.p-button", "Retry", within=modal).click()
+        self._click("button.p-button", "Retry", within=modal)
         self.wait.until(ec.invisibility_of_element(modal), "the Retry dialog did not close")
