@@ -185,10 +185,14 @@ class PrefectUI:
 
     def submit_run(self) -> str:
         """Submit the Custom run form, then the toast's "View run"; the id of the flow run it opens."""
-        button = self._clickable("button[type=submit]", "Submit")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-        self._click("button[type=submit]", "Submit")
+        def submit():
+            button = self._clickable("button[type=submit]", "Submit")
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+            self._click("button[type=submit]", "Submit")
+
         # the UI goes back to the deployment page and announces the new run in a toast
+        self._until_done(submit, lambda: self._toast("button.toast-flow-run-create__button"),
+                         refused="create a flow run", what="create the flow run")
         self._click("button.toast-flow-run-create__button", "View run")
         pattern = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
         self.wait.until(lambda d: pattern.search(d.current_url), "the UI did not open the new flow run")
@@ -196,10 +200,54 @@ class PrefectUI:
 
     def retry(self, flow_run_id: str) -> None:
         """Flow run page -> Retry -> confirm Retry in the dialog; returns when the dialog closes."""
-        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.common.exceptions import StaleElementReferenceException
 
         self.driver.get(f"{self.base_url}/runs/flow-run/{flow_run_id}")
         self._click("button.p-button", "Retry")
         modal = self._clickable("div.p-modal")
-        self._click("button.p-button", "Retry", within=modal)
-        self.wait.until(ec.invisibility_of_element(modal), "the Retry dialog did not close")
+
+        def closed() -> bool:
+            try:
+                return not modal.is_displayed()
+            except StaleElementReferenceException:
+                return True
+
+        self._until_done(lambda: self._click("button.p-button", "Retry", within=modal), closed,
+                         refused="Failed to retry flow run", what="retry the flow run")
+
+    def _until_done(self, act, done, refused: str, what: str, attempts: int = 3) -> None:
+        """`act`, then wait until `done()` or an error toast containing `refused`; again after a refusal.
+
+        A server busy on its SQLite file answers 503; Prefect's Python client retries those, the
+        UI shows an error toast and keeps the form or dialog, and a person tries again: so does
+        this, up to `attempts` times, printing the failed requests each time.
+        """
+        for attempt in range(1, attempts + 1):
+            act()
+            if self.wait.until(lambda _: done() or self._refused(refused), f"the UI did not {what}") is True:
+                return
+            print(f"the UI could not {what} (attempt {attempt}): {self.failures()}")
+        raise AssertionError(f"the UI could not {what} in {attempts} attempts")
+
+    def _toast(self, css: str) -> bool:
+        """Whether a displayed toast holds an element matching `css`."""
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.by import By
+
+        for card in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card"):
+            with contextlib.suppress(WebDriverException):  # a toast may vanish while read
+                if card.is_displayed() and card.find_elements(By.CSS_SELECTOR, css):
+                    return True
+        return False
+
+    def _refused(self, text: str) -> str | bool:
+        """"refused" when a displayed toast says `text` (and closes it), else False."""
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.by import By
+
+        for card in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card"):
+            with contextlib.suppress(WebDriverException):
+                if card.is_displayed() and text in card.text:
+                    card.find_element(By.CSS_SELECTOR, ".p-toast__close-btn").click()
+                    return "refused"
+        return False

@@ -6,9 +6,9 @@ scripted config, and a process worker for the module. Then:
 - a) the deployment's Run -> Custom run form: one source's quota is changed in the
   parameter form and the form submitted; the worker's run rewrites only the shards whose
   inputs changed (every other shard file keeps its modification time);
-- b) a run with a shard forced to fail (`UF_FAIL_SHARDS`, on a worker started with it)
-  ends Failed; after the fault is gone (a clean worker), the run's Retry button is
-  clicked and only the failed shard (and its downstream shards) is written.
+- b) a run with a shard forced to fail (`UF_FAIL_SHARDS` in the deployment's job
+  environment) ends Failed; once the fault is removed from the deployment, the run's
+  Retry button is clicked and only the failed shard (and its downstream shards) is written.
 
 Needs Debian's `chromium` and `chromium-driver` (scripts/test.sh installs them); skipped
 with that message when they are missing. A failing browser step leaves a screenshot.
@@ -22,7 +22,7 @@ import pytest
 from storage.shards import ShardStore
 from tests.ops.browser import MISSING, PrefectUI, browser_paths, headless_chromium
 from tests.ops.helpers import scripted, shard_mtimes
-from tests.servers.prefect_server import PrefectServer, stop_process
+from tests.servers.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 POOL = "ultrafeedback-cpu"
@@ -30,20 +30,6 @@ DEPLOYMENT = "ultrafeedback/scheduled"
 FAILED = "sharegpt-00000"
 STAGES = ("sample", "generate", "rate")
 RUN_TIMEOUT_S = 180
-
-
-class Workers:
-    """The module's one process worker, restarted when a test needs another environment."""
-
-    def __init__(self, server: PrefectServer):
-        self.server, self.proc, self.env = server, None, None
-
-    def use(self, **env: str) -> None:
-        if self.proc is not None and self.proc.poll() is None and self.env == env:
-            return
-        if self.proc is not None:
-            stop_process(self.proc)
-        self.proc, self.env = self.server.start_worker(POOL, **env), env
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +53,8 @@ def deployed(ui_server, tmp_path_factory):
     with ui_server.settings():
         bootstrap(load_spec())
         ids = deploy(load_spec(), cfg, pool=POOL, only=["scheduled"])
-    workers = Workers(ui_server)
-    workers.use()
-    return {"cfg": cfg, "id": ids[DEPLOYMENT], "workers": workers}
+    ui_server.start_worker(POOL)
+    return {"cfg": cfg, "id": ids[DEPLOYMENT]}
 
 
 @pytest.fixture
@@ -104,12 +89,19 @@ def _trigger(server, **kwargs):
     return _wait(server, run.id)
 
 
+def _job_env(server, deployment_id: str, env: dict[str, str]) -> None:
+    """Set the deployment's job environment; a worker reads it when it starts a run (or a retry)."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with server.settings(), _client() as client:
+        client.update_deployment(deployment_id, DeploymentUpdate(job_variables={"env": env}))
+
+
 def _changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
     return {name for name in set(before) | set(after) if before.get(name) != after.get(name)}
 
 
 def test_custom_run_form_with_a_new_quota_recomputes_only_the_changed_shards(ui_server, deployed, ui):
-    deployed["workers"].use()
     cfg = deployed["cfg"]
     first = _trigger(ui_server)  # the deployment's own parameters: the baseline
     assert first.state.is_completed(), ui_server.log_tail()
@@ -142,12 +134,11 @@ def test_custom_run_form_with_a_new_quota_recomputes_only_the_changed_shards(ui_
                                         "Retry (issue 11 item 7 makes it end Failed)")
 def test_retry_button_of_a_failed_run_writes_only_the_failed_shard(ui_server, deployed, ui, tmp_path):
     cfg = scripted(tmp_path / "run")
-    workers = deployed["workers"]
     try:
-        workers.use(UF_FAIL_SHARDS=f"sample:{FAILED}")
+        _job_env(ui_server, deployed["id"], {"UF_FAIL_SHARDS": f"sample:{FAILED}"})
         failed = _trigger(ui_server, parameters={"config": cfg.model_dump(mode="json")})
     finally:
-        workers.use()  # the fault is gone before anyone retries
+        _job_env(ui_server, deployed["id"], {})  # the fault is fixed before anyone retries
     store = ShardStore(cfg.output)
     assert store.incomplete("sample") == [FAILED]
     assert failed.state.is_failed(), f"the run with a failed shard ended {failed.state.type.value}"
@@ -158,7 +149,9 @@ def test_retry_button_of_a_failed_run_writes_only_the_failed_shard(ui_server, de
         ui.retry(str(failed.id))
     run = _wait(ui_server, failed.id, after_state=failed.state.id)
     assert run.state.is_completed(), ui_server.log_tail()
-    assert run.run_count >= 2
+    with ui_server.settings(), _client() as client:  # the button's own state, not some other retry
+        states = client.read_flow_run_states(failed.id)
+    assert ("AwaitingRetry", "Retry from the UI") in [(s.name, s.message) for s in states]
     for stage in STAGES:
         assert _changed(before[stage], shard_mtimes(cfg.output, stage)) == {f"{FAILED}.parquet"}, stage
     assert all(not store.incomplete(s) for s in store.stages())
