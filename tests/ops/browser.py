@@ -68,12 +68,15 @@ class PrefectUI:
     """Pages of one Prefect UI at `base_url`, driven through `driver`."""
 
     def __init__(self, driver, base_url: str, shots: Path, timeout_s: float = 60.0):
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver = driver
         self.base_url = base_url.rstrip("/")
         self.shots = Path(shots)
-        self.wait = WebDriverWait(driver, timeout_s, poll_frequency=0.2)
+        # a Vue page re-renders elements under our feet: a stale one just means "look again"
+        self.wait = WebDriverWait(driver, timeout_s, poll_frequency=0.2,
+                                  ignored_exceptions=(StaleElementReferenceException,))
 
     def screenshot(self, name: str) -> Path:
         self.shots.mkdir(parents=True, exist_ok=True)
@@ -109,8 +112,9 @@ class PrefectUI:
                 lines.append(f"request failed ({params.get('errorText')}): {urls.get(params['requestId'], '?')}")
         return lines
 
-    def _click(self, css: str, text: str | None = None, within=None) -> None:
-        """Click the element `_clickable` finds (again if the page re-renders it meanwhile)."""
+    def _click(self, css: str, text: str | None = None, within=None, pointer: bool = False) -> None:
+        """Click the element `_clickable` finds, again while the page re-renders or covers it;
+        `pointer`: when chromedriver refuses, click that spot with the pointer instead."""
         from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
         from selenium.webdriver.common.action_chains import ActionChains
 
@@ -120,6 +124,8 @@ class PrefectUI:
                 try:
                     element.click()
                 except ElementClickInterceptedException:
+                    if not pointer:
+                        return False  # covered (a toast, a page going away): try again
                     # chromedriver's hit test rejects the toast's buttons (it reports the button's own
                     # content as covering it); a pointer click at the same spot is what a person does
                     ActionChains(self.driver).move_to_element(element).click().perform()
@@ -127,7 +133,7 @@ class PrefectUI:
             except StaleElementReferenceException:
                 return False
 
-        self.wait.until(click, f"{css!r} showing {text!r} kept changing on {self.driver.current_url}")
+        self.wait.until(click, f"{css!r} showing {text!r} stayed covered on {self.driver.current_url}")
 
     def _clickable(self, css: str, text: str | None = None, within=None):
         """The first displayed, enabled element matching `css` (and showing `text`), once there is one."""
@@ -193,7 +199,7 @@ class PrefectUI:
         # the UI goes back to the deployment page and announces the new run in a toast
         self._until_done(submit, lambda: self._toast("button.toast-flow-run-create__button"),
                          refused="create a flow run", what="create the flow run")
-        self._click("button.toast-flow-run-create__button", "View run")
+        self._click("button.toast-flow-run-create__button", "View run", pointer=True)
         pattern = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
         self.wait.until(lambda d: pattern.search(d.current_url), "the UI did not open the new flow run")
         return pattern.search(self.driver.current_url).group(1)
@@ -227,6 +233,7 @@ class PrefectUI:
             if self.wait.until(lambda _: done() or self._refused(refused), f"the UI did not {what}") is True:
                 return
             print(f"the UI could not {what} (attempt {attempt}): {self.failures()}")
+            self._close_toasts()  # they may cover the button
         raise AssertionError(f"the UI could not {what} in {attempts} attempts")
 
     def _toast(self, css: str) -> bool:
@@ -241,13 +248,22 @@ class PrefectUI:
         return False
 
     def _refused(self, text: str) -> str | bool:
-        """"refused" when a displayed toast says `text` (and closes it), else False."""
+        """"refused" when a displayed toast says `text`, else False."""
         from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
 
         for card in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card"):
             with contextlib.suppress(WebDriverException):
                 if card.is_displayed() and text in card.text:
-                    card.find_element(By.CSS_SELECTOR, ".p-toast__close-btn").click()
                     return "refused"
         return False
+
+    def _close_toasts(self) -> None:
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.by import By
+
+        for button in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card .p-toast__close-btn"):
+            with contextlib.suppress(WebDriverException):  # one may close by itself meanwhile
+                button.click()
+        self.wait.until(lambda d: not [c for c in d.find_elements(By.CSS_SELECTOR, ".p-toast__card")
+                                       if c.is_displayed()], "the toasts did not close")
