@@ -6,9 +6,13 @@ and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`, or the path
 pages (a deployment's Run -> Custom run form, a parameter field, Submit, a flow run's
 Retry) and return what a person would read off the page (the new flow run's id).
 
-Every step waits explicitly for the element it needs (no sleeps), so a slow first page
-load only costs time up to `timeout_s`. `screenshot(name)` saves a PNG beside the test's
-other outputs; the tests take one whenever a step fails.
+Every step waits explicitly for the element it needs (no sleeps), so a slow page only
+costs time up to `timeout_s`. When the UI shows an error toast for a request the server
+refused (a 503 when its SQLite file is busy: Prefect's Python client retries those, the UI
+does not), a step closes the toasts and tries again, as a person would, up to 5 times
+(as many as Prefect's client retries by default).
+`shot_on_failure(name)` saves a PNG of the page and prints its console errors and failed
+requests when a step fails.
 
 Selectors follow the UI's own components (Prefect 3.9's UI): the Run menu button
 `button.run-menu__run-button`, menu items `button.p-overflow-menu-item`, parameter
@@ -24,6 +28,18 @@ import re
 import shutil
 from pathlib import Path
 from typing import Iterator
+
+from selenium import webdriver
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 MISSING = ("headless Chromium is not installed: apt-get install -y chromium chromium-driver "
@@ -43,9 +59,6 @@ def browser_paths() -> tuple[str, str] | None:
 @contextlib.contextmanager
 def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator[object]:
     """A Selenium WebDriver on the system Chromium; quit at exit."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     paths = browser_paths()
     if paths is None:
         raise RuntimeError(MISSING)
@@ -68,9 +81,6 @@ class PrefectUI:
     """Pages of one Prefect UI at `base_url`, driven through `driver`."""
 
     def __init__(self, driver, base_url: str, shots: Path, timeout_s: float = 60.0):
-        from selenium.common.exceptions import StaleElementReferenceException
-        from selenium.webdriver.support.ui import WebDriverWait
-
         self.driver = driver
         self.base_url = base_url.rstrip("/")
         self.shots = Path(shots)
@@ -107,7 +117,8 @@ class PrefectUI:
             if event.get("method") == "Network.requestWillBeSent":
                 urls[params["requestId"]] = f"{params['request']['method']} {params['request']['url']}"
             elif event.get("method") == "Network.responseReceived" and params["response"]["status"] >= 400:
-                lines.append(f"HTTP {params['response']['status']}: {urls.get(params['requestId'], params['response']['url'])}")
+                status, url = params["response"]["status"], params["response"]["url"]
+                lines.append(f"HTTP {status}: {urls.get(params['requestId'], url)}")
             elif event.get("method") == "Network.loadingFailed":
                 lines.append(f"request failed ({params.get('errorText')}): {urls.get(params['requestId'], '?')}")
         return lines
@@ -115,9 +126,6 @@ class PrefectUI:
     def _click(self, css: str, text: str | None = None, within=None, pointer: bool = False) -> None:
         """Click the element `_clickable` finds, again while the page re-renders or covers it;
         `pointer`: when chromedriver refuses, click that spot with the pointer instead."""
-        from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
-        from selenium.webdriver.common.action_chains import ActionChains
-
         def click(_):
             try:
                 element = self._clickable(css, text, within)
@@ -137,8 +145,6 @@ class PrefectUI:
 
     def _clickable(self, css: str, text: str | None = None, within=None):
         """The first displayed, enabled element matching `css` (and showing `text`), once there is one."""
-        from selenium.webdriver.common.by import By
-
         def find(_):
             for el in (within or self.driver).find_elements(By.CSS_SELECTOR, css):
                 if el.is_displayed() and el.is_enabled() and (text is None or el.text.strip() == text):
@@ -157,8 +163,6 @@ class PrefectUI:
 
     def _fields(self, label: str) -> list:
         """The input elements of every form field titled `label`, in page order."""
-        from selenium.webdriver.common.by import By
-
         spans = self.driver.find_elements(By.XPATH, f"//{_LABEL}[normalize-space()='{label}']")
         inputs = []
         for span in spans:
@@ -168,8 +172,6 @@ class PrefectUI:
 
     def source_quota(self, source: str):
         """The Quota input of the `sources` item whose Name is `source`."""
-        from selenium.webdriver.common.by import By
-
         for quota in self._fields("Quota (Optional)"):
             item = quota.find_element(By.XPATH, f"./ancestor::div[.//{_LABEL}[normalize-space()='Name']][1]")
             names = [el.get_property("value") for el in item.find_elements(By.CSS_SELECTOR, "textarea")]
@@ -179,8 +181,6 @@ class PrefectUI:
 
     def set_source_quota(self, source: str, value: int) -> None:
         """Type `value` into the source's Quota field as a person does: select all, type."""
-        from selenium.webdriver.common.keys import Keys
-
         field = self.source_quota(source)
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
         field.click()
@@ -206,8 +206,6 @@ class PrefectUI:
 
     def retry(self, flow_run_id: str) -> None:
         """Flow run page -> Retry -> confirm Retry in the dialog; returns when the dialog closes."""
-        from selenium.common.exceptions import StaleElementReferenceException
-
         self.driver.get(f"{self.base_url}/runs/flow-run/{flow_run_id}")
         self._click("button.p-button", "Retry")
         modal = self._clickable("div.p-modal")
@@ -221,7 +219,7 @@ class PrefectUI:
         self._until_done(lambda: self._click("button.p-button", "Retry", within=modal), closed,
                          refused="Failed to retry flow run", what="retry the flow run")
 
-    def _until_done(self, act, done, refused: str, what: str, attempts: int = 3) -> None:
+    def _until_done(self, act, done, refused: str, what: str, attempts: int = 5) -> None:
         """`act`, then wait until `done()` or an error toast containing `refused`; again after a refusal.
 
         A server busy on its SQLite file answers 503; Prefect's Python client retries those, the
@@ -238,9 +236,6 @@ class PrefectUI:
 
     def _toast(self, css: str) -> bool:
         """Whether a displayed toast holds an element matching `css`."""
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.common.by import By
-
         for card in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card"):
             with contextlib.suppress(WebDriverException):  # a toast may vanish while read
                 if card.is_displayed() and card.find_elements(By.CSS_SELECTOR, css):
@@ -249,9 +244,6 @@ class PrefectUI:
 
     def _refused(self, text: str) -> str | bool:
         """"refused" when a displayed toast says `text`, else False."""
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.common.by import By
-
         for card in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card"):
             with contextlib.suppress(WebDriverException):
                 if card.is_displayed() and text in card.text:
@@ -259,8 +251,6 @@ class PrefectUI:
         return False
 
     def _close_toasts(self) -> None:
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.common.by import By
 
         for button in self.driver.find_elements(By.CSS_SELECTOR, ".p-toast__card .p-toast__close-btn"):
             with contextlib.suppress(WebDriverException):  # one may close by itself meanwhile

@@ -1,6 +1,7 @@
 """A real `prefect server start` on a free 127.0.0.1 port, SQLite in a temporary PREFECT_HOME.
 
-Inputs: a folder for PREFECT_HOME (the database and the server's log live there). Outputs:
+Inputs: a folder for PREFECT_HOME (the database and the server's log live there) and
+whether to serve the web UI too (`ui=True`, at `.ui_url`; off by default). Outputs:
 `PrefectServer` with `.api_url`, `.env()` (the environment for subprocess clients: CLI,
 workers, deploy scripts) and `.settings()` (the same for in-process clients), plus
 `start_worker`. Readiness is polled on /api/health; every process started here runs in its
@@ -71,7 +72,8 @@ class PrefectServer:
         return {**self._base_env(), "PREFECT_API_URL": self.api_url, **extra}
 
     def start(self) -> "PrefectServer":
-        env = {**self._base_env(), "PREFECT_UI_ENABLED": str(self.ui).lower(), "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+        env = {**self._base_env(), "PREFECT_UI_ENABLED": str(self.ui).lower(),
+               "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
         if self.ui:  # the UI's scripts call this URL from the browser; its default is port 4200
             env["PREFECT_UI_API_URL"] = self.api_url
         log = open(self.log_path, "ab")
