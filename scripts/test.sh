@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, from nothing: project environment with test extras, the local CPU
-# vLLM engine and model (for the tests marked `vllm`), then pytest.
+# The whole test suite, from nothing: project environment with test extras, headless Chromium
+# (for the tests marked `browser`), the local CPU vLLM engine and model (for the tests marked
+# `vllm`), then pytest.
 #   bash scripts/test.sh [pytest args]      e.g. -m "not vllm" for the fast part only
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 bash scripts/bootstrap.sh test
+bash scripts/install_browser.sh
 if [[ "${UF_SKIP_ENGINE:-0}" != "1" ]]; then
   bash scripts/setup_local.sh
 fi

@@ -1,6 +1,7 @@
 """A real `prefect server start` on a free 127.0.0.1 port, SQLite in a temporary PREFECT_HOME.
 
-Inputs: a folder for PREFECT_HOME (the database and the server's log live there). Outputs:
+Inputs: a folder for PREFECT_HOME (the database and the server's log live there) and
+whether to serve the web UI too (`ui=True`, at `.ui_url`; off by default). Outputs:
 `PrefectServer` with `.api_url`, `.env()` (the environment for subprocess clients: CLI,
 workers, deploy scripts) and `.settings()` (the same for in-process clients), plus
 `start_worker`. Readiness is polled on /api/health; every process started here runs in its
@@ -50,11 +51,13 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 
 class PrefectServer:
-    def __init__(self, home: Path, startup_timeout_s: float = 120.0):
+    def __init__(self, home: Path, startup_timeout_s: float = 120.0, ui: bool = False):
         self.home = Path(home)
+        self.ui = ui  # serve the web UI too (at `.ui_url`), for the browser tests
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.ui_url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.home / "server.log"
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -69,7 +72,10 @@ class PrefectServer:
         return {**self._base_env(), "PREFECT_API_URL": self.api_url, **extra}
 
     def start(self) -> "PrefectServer":
-        env = {**self._base_env(), "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+        env = {**self._base_env(), "PREFECT_UI_ENABLED": str(self.ui).lower(),
+               "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+        if self.ui:  # the UI's scripts call this URL from the browser; its default is port 4200
+            env["PREFECT_UI_API_URL"] = self.api_url
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
