@@ -96,6 +96,9 @@ class ModelEntry(BaseModel):
     base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. https://api.openai.com/v1")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key (the key itself never goes in a config)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (also the GPU slots it occupies)")
+    replicas: int = Field(
+        1, ge=1, description="vllm_server: launch this many servers of the model and balance requests across them; "
+                             "a server that dies mid-shard has its unanswered requests re-sent to the others")
     dtype: str = Field("auto", description="vLLM --dtype (auto, bfloat16, float16, float32)")
     max_model_len: int | None = Field(4096, ge=16, description="vLLM --max-model-len")
     chat_template: str | None = Field(None, description="Jinja chat template file for a model whose tokenizer has none")
@@ -128,6 +131,8 @@ class ModelEntry(BaseModel):
             raise ValueError("serve openai needs base_url")
         if self.serve in ("vllm_server", "vllm_batch", "openai") and not self.model:
             raise ValueError(f"serve {self.serve} needs model")
+        if self.replicas > 1 and self.serve != "vllm_server":
+            raise ValueError(f"replicas > 1 needs serve vllm_server (got {self.serve})")
         return self
 
     @property
@@ -204,6 +209,10 @@ class GenerationConfig(BaseModel):
 
             validate_table(self.principles)
         if self.schedule.gpus is not None:
+            many = [i for i, m in enumerate(self.models) if m.replicas > 1]
+            if many:
+                raise ValueError(f"generation.models.{many[0]}.replicas: with generation.schedule.gpus set the "
+                                 "planner gives an engine its replicas (--data-parallel-size); leave replicas at 1")
             from tasks.generation.schedule_pool import validate_pool_gpus
 
             validate_pool_gpus(self)
