@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.backends.shared_limit import SharedLimit
+
 ServeMode = Literal["vllm_server", "vllm_batch", "openai", "scripted"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +110,9 @@ class ModelEntry(BaseModel):
     request_timeout_s: float = Field(900, gt=0, description="One request's time limit")
     requests_per_minute: float | None = Field(None, gt=0, description="openai: client-side rate limit")
     max_rate_limit_wait_s: float = Field(300, ge=0, description="Longest total wait honouring 429 Retry-After per request")
+    shared_limit: SharedLimit | None = Field(
+        None, description="openai: a rate limit shared with every other process that names it (same API key), "
+                          "checked before each send; see docs/operations.md")
     script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
 
     @field_validator("dtype")
@@ -131,6 +136,8 @@ class ModelEntry(BaseModel):
             raise ValueError("serve openai needs base_url")
         if self.serve in ("vllm_server", "vllm_batch", "openai") and not self.model:
             raise ValueError(f"serve {self.serve} needs model")
+        if self.shared_limit is not None and self.serve != "openai":
+            raise ValueError(f"shared_limit needs serve openai (got {self.serve})")
         if self.replicas > 1 and self.serve != "vllm_server":
             raise ValueError(f"replicas > 1 needs serve vllm_server (got {self.serve})")
         return self

@@ -73,8 +73,13 @@ def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.mode
     if first.serve == "openai":
         from tasks.backends.openai_compat import OpenAICompatBackend
 
-        return OpenAICompatBackend(first.name, first.base_url, api_key(first, field), first.concurrency,
-                                   first.request_timeout_s, first.requests_per_minute, first.max_rate_limit_wait_s)
+        args = (first.name, first.base_url, api_key(first, field), first.concurrency, first.request_timeout_s,
+                first.requests_per_minute, first.max_rate_limit_wait_s)
+        if first.shared_limit is None:
+            return OpenAICompatBackend(*args)
+        from tasks.backends.shared_limit import GatedOpenAICompatBackend, open_gate
+
+        return GatedOpenAICompatBackend(*args, gate=open_gate(first.shared_limit))
     served = list(dict.fromkeys(e.request_model for e in group.entries))
     common = dict(
         name=group.engine_id, python=first.engine.interpreter(), model=resolve_model(first.model),
