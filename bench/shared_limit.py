@@ -102,6 +102,20 @@ def run_once(mode: str, procs: int, per_proc: int, rpm: float, tpm: float | None
     admitted = [t for t, _ in stats["admitted"]]
     span = window_s / 60  # one second of the limit's clock
     rate = rpm / window_s
+    tokens = {}
+    if tpm:
+        pairs = sorted(stats["admitted"])
+        best, lo, inside = 0, 0, 0
+        for t, cost in pairs:
+            inside += cost
+            while t - pairs[lo][0] > span:
+                inside -= pairs[lo][1]
+                lo += 1
+            best = max(best, inside)
+        elapsed = pairs[-1][0] - pairs[0][0] if len(pairs) > 1 else 0
+        tokens = {"max_tokens_per_span": best, "tpm_limit_per_span": round(tpm / window_s * span + tpm / 60, 1),
+                  "mean_token_rate_vs_limit": round(sum(c for _, c in pairs[1:]) / elapsed / (tpm / window_s), 3)
+                  if elapsed else None}
     return {"mode": mode, "procs": procs, "requests": procs * per_proc,
             "answered": sum(o["ok"] for o in outs), "processes_given_up": sum(bool(o["error"]) for o in outs),
             "http_429": stats["rate_limited"],
@@ -109,7 +123,7 @@ def run_once(mode: str, procs: int, per_proc: int, rpm: float, tpm: float | None
             "limit_per_span": round(rate * span + rpm / 60, 1),  # refill over the span + the server's burst
             "mean_rate_vs_limit": round((len(admitted) - 1) / (admitted[-1] - admitted[0]) / rate, 3)
             if len(admitted) > 1 else None,
-            "wall_s": round(wall, 1)}
+            **tokens, "wall_s": round(wall, 1), "errors": sorted({o["error"][:120] for o in outs if o["error"]})}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, Protocol
+from contextlib import contextmanager
+from typing import Iterator, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -98,34 +99,40 @@ class FileGate:
     def _capacity(self, kind: str) -> float:
         return self.buckets[kind] * self.limit.burst
 
-    def _try(self, costs: dict[str, float]) -> float:
-        """Take `costs` if every bucket covers them now (0.0), else the seconds to wait. Under the lock."""
+    @contextmanager
+    def _state(self) -> Iterator[dict]:
+        """The buckets' state, read and written back under an exclusive lock on the file."""
         with open(self.path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 f.seek(0)
                 text = f.read()
                 state = json.loads(text) if text.strip() else {}
-                now = time.time()
-                wait = 0.0
-                for kind, cost in costs.items():
-                    level, t = state.get(kind, (self._capacity(kind), now))
-                    level = min(self._capacity(kind), level + max(0.0, now - t) * self._rate(kind))
-                    state[kind] = (level, now)
-                    # A request dearer than the burst waits for a full bucket, then goes.
-                    need = min(cost, self._capacity(kind))
-                    if level < need:
-                        wait = max(wait, (need - level) / self._rate(kind))
-                if wait == 0.0:
-                    for kind, cost in costs.items():
-                        state[kind] = (state[kind][0] - cost, now)
+                yield state
                 f.seek(0)
                 f.truncate()
                 f.write(json.dumps(state))
-                f.flush()
-                return wait
+                f.flush()  # before the lock goes: the next holder must read all of it
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _try(self, costs: dict[str, float]) -> float:
+        """Take `costs` if every bucket covers them now (0.0), else the seconds to wait."""
+        with self._state() as state:
+            now = time.time()
+            wait = 0.0
+            for kind, cost in costs.items():
+                level, t = state.get(kind, (self._capacity(kind), now))
+                level = min(self._capacity(kind), level + max(0.0, now - t) * self._rate(kind))
+                state[kind] = (level, now)
+                # A request dearer than the burst waits for a full bucket, then goes (into debt).
+                need = min(cost, self._capacity(kind))
+                if level < need:
+                    wait = max(wait, (need - level) / self._rate(kind))
+            if wait == 0.0:
+                for kind, cost in costs.items():
+                    state[kind] = (state[kind][0] - cost, now)
+            return wait
 
     def _costs(self, requests: int, tokens: int) -> dict[str, float]:
         costs = {"requests": float(requests), "tokens": float(tokens)}
@@ -158,19 +165,9 @@ class FileGate:
         """Charge (or refund) the tokens an answer cost beyond its estimate; may go into debt."""
         if "tokens" not in self.buckets or actual == estimated:
             return
-        with open(self.path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                f.seek(0)
-                text = f.read()
-                state = json.loads(text) if text.strip() else {}
-                level, t = state.get("tokens", (self._capacity("tokens"), time.time()))
-                state["tokens"] = (min(self._capacity("tokens"), level - (actual - estimated)), t)
-                f.seek(0)
-                f.truncate()
-                f.write(json.dumps(state))
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with self._state() as state:
+            level, t = state.get("tokens", (self._capacity("tokens"), time.time()))
+            state["tokens"] = (min(self._capacity("tokens"), level - (actual - estimated)), t)
 
 
 def prefect_limit_specs(limit: SharedLimit) -> dict[str, tuple[int, float]]:
