@@ -28,8 +28,8 @@ import json
 import os
 import tempfile
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

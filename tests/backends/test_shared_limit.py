@@ -11,8 +11,14 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from tasks.backends.shared_limit import FileGate, PrefectGate, SharedLimit, estimate_tokens, open_gate, \
-    prefect_limit_specs
+from tasks.backends.shared_limit import (
+    FileGate,
+    PrefectGate,
+    SharedLimit,
+    estimate_tokens,
+    open_gate,
+    prefect_limit_specs,
+)
 from tasks.generation.config import GenerationConfig
 
 
