@@ -1,7 +1,7 @@
 """One endpoint's RPM/TPM shared by every process that uses its API key.
 
-Inputs: a `SharedLimit` setting (name, store, rpm, tpm, burst, window) on a pool entry or
-judge endpoint. Outputs: a gate with `acquire(requests=1, tokens=n)` (blocking) and
+Inputs: a `SharedLimit` setting (name, store, rpm, tpm, burst, window) on a pool entry
+(`serve: openai`). Outputs: a gate with `acquire(requests=1, tokens=n)` (blocking) and
 `acquire_async` (for an event loop), which a per-process limiter calls before each send,
 and `settle(estimated, actual)` to charge the difference once an answer's `usage` is known.
 `GatedOpenAICompatBackend` is the OpenAI-compatible client awaiting the gate before each
@@ -17,8 +17,9 @@ Stores:
   `prefect.concurrency.sync.rate_limit`. For several hosts, on a Postgres-backed Prefect
   server: on SQLite these limits deliver well under their rate (database-locked retries).
 
-Both refill continuously at `headroom` x the limit and hold at most `burst` of one window,
-the shape of OpenAI's limiter, so a client that stays inside the gate is not answered 429.
+Both refill continuously at `headroom` x the limit and hold at most `burst` of one window
+(less than the server's own burst), so sends admitted by the gate that reach the server
+bunched together still fit its limit.
 """
 from __future__ import annotations
 
