@@ -40,6 +40,7 @@ from tasks.backends.base import BatchRequest, BatchResult, result_error, result_
 from tasks.backends.faults import (FATAL_STATUS, RequestPolicy, breaker_for, fatal, is_transient_status,
                                    status_code)
 from tasks.backends.limiter import estimate_prompt_tokens, limiter_for
+from tasks.backends.shared_limit import estimate_tokens
 from tasks.errors import EngineDiedError, InputError, RateLimitedError
 
 _DONE = object()
@@ -50,7 +51,8 @@ class OpenAIHTTPBackend:
                  model: str = "", rpm: float | None = None, tpm: float | None = None, max_concurrency: int = 16,
                  learn_limits: bool = True, policy: RequestPolicy | None = None, launched: bool = False,
                  alive: Callable[[], bool] | None = None, limit_key: str | None = None, window_s: float = 60.0,
-                 gate: str | None = None, azure_api_version: str | None = None, missing_key: str | None = None):
+                 gate: str | None = None, azure_api_version: str | None = None, missing_key: str | None = None,
+                 shared_gate=None):
         # missing_key: the error to raise on entry when no key was found (hosted endpoints);
         # checked only when something is sent, so a finished run reruns without the key.
         # alive: for a launched engine, a blocking check that it still runs and answers.
@@ -65,6 +67,8 @@ class OpenAIHTTPBackend:
                                    learn_limits=learn_limits, window_s=window_s, gate=gate, model=model,
                                    slow_start=False if launched else None)
         self.breaker = breaker_for(key, name, self.policy)
+        # A limit shared with other processes (tasks/backends/shared_limit.py): taken before every send.
+        self.shared_gate = shared_gate
 
     def __repr__(self) -> str:  # keeps the key out of any log line that prints the backend
         return f"OpenAIHTTPBackend(name={self.name!r}, base_url={self.base_url!r})"
@@ -173,6 +177,8 @@ class OpenAIHTTPBackend:
             code = message = None
             async with self.limiter.slot(prompt_est, body.get("max_tokens"), req.get("label") or "other") as permit:
                 self.breaker.check()  # the wait for a slot may have outlasted the endpoint
+                if self.shared_gate is not None:
+                    await self.shared_gate.acquire_async(requests=1, tokens=estimate_tokens(body))
                 t0 = time.monotonic()
                 try:
                     status, headers, raw = await self._send(client, body)
@@ -191,6 +197,7 @@ class OpenAIHTTPBackend:
                             code, message = "bad_response", f"200 with a body that is not JSON: {raw[:200]!r}"
                         else:
                             self.limiter.answered(permit, headers, data.get("usage"))
+                            self._settle_shared(body, data.get("usage"))
                             self.breaker.success()
                             return result_ok(cid, data, latency_s=time.monotonic() - t0)
                     elif status == 429:
@@ -219,6 +226,11 @@ class OpenAIHTTPBackend:
                 return result_error(cid, code, f"{message} (after {tries} tries)", time.monotonic() - started,
                                     transient=True)
             await asyncio.sleep(wait)
+
+    def _settle_shared(self, body: dict, usage: dict | None) -> None:
+        """Charge the shared limit what the answer really used, not the estimate."""
+        if self.shared_gate is not None and usage and usage.get("total_tokens"):
+            self.shared_gate.settle(estimate_tokens(body), int(usage["total_tokens"]))
 
     async def _check_engine(self, exc: Exception) -> None:
         """A transport failure of an engine we launched: is it still there?"""

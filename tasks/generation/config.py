@@ -20,6 +20,8 @@ from tasks.backends.engine_settings import (REPO_ROOT, EngineSettings, default_e
 from tasks.backends.batch_settings import BatchSettings
 from tasks.backends.request_settings import RetrySettings
 
+from tasks.backends.shared_limit import SharedLimit
+
 ServeMode = Literal["vllm_server", "vllm_batch", "openai", "scripted"]
 
 
@@ -53,6 +55,9 @@ class ModelEntry(BaseModel):
     base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. https://api.openai.com/v1")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key (the key itself never goes in a config)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (also the GPU slots it occupies)")
+    replicas: int = Field(
+        1, ge=1, description="vllm_server: launch this many servers of the model and balance requests across them; "
+                             "a server that dies mid-shard has its unanswered requests re-sent to the others")
     dtype: str = Field("auto", description="vLLM --dtype (auto, bfloat16, float16, float32)")
     max_model_len: int | None = Field(4096, ge=16, description="vLLM --max-model-len")
     chat_template: str | None = Field(None, description="Jinja chat template file for a model whose tokenizer has none")
@@ -74,6 +79,9 @@ class ModelEntry(BaseModel):
                                          "RateLimitedError hands the part back to the orchestrator")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Per-request retries of transient faults "
                                  "and the circuit breaker")
+    shared_limit: SharedLimit | None = Field(
+        None, description="openai: a rate limit shared with every other process that names it (same API key), "
+                          "checked before each send; see docs/operations.md")
     script: dict = Field(default_factory=dict, description="scripted: options of the scripted backend (tests)")
     policy: bool = Field(False, description="The on-policy slot: this entry (e.g. your own SFT model) is drawn into "
                          "every instruction's k models; at most one entry")
@@ -102,6 +110,10 @@ class ModelEntry(BaseModel):
             raise ValueError("serve openai needs base_url")
         if self.serve in ("vllm_server", "vllm_batch", "openai") and not self.model:
             raise ValueError(f"serve {self.serve} needs model")
+        if self.shared_limit is not None and self.serve != "openai":
+            raise ValueError(f"shared_limit needs serve openai (got {self.serve})")
+        if self.replicas > 1 and self.serve != "vllm_server":
+            raise ValueError(f"replicas > 1 needs serve vllm_server (got {self.serve})")
         return self
 
     @property
@@ -190,6 +202,10 @@ class GenerationConfig(BaseModel):
 
             validate_table(self.principles)
         if self.schedule.gpus is not None:
+            many = [i for i, m in enumerate(self.models) if m.replicas > 1]
+            if many:
+                raise ValueError(f"generation.models.{many[0]}.replicas: with generation.schedule.gpus set the "
+                                 "planner gives an engine its replicas (--data-parallel-size); leave replicas at 1")
             from tasks.generation.schedule_pool import validate_pool_gpus
 
             validate_pool_gpus(self)

@@ -5,7 +5,8 @@ entries that can share one engine) and `open_backend(group, log_dir)`, a Backend
 
 Entries that differ only in sampling settings share one engine: a demo pool that lists
 the same small model under four sampling settings starts vLLM once, with every entry's
-name registered as a served-model name. Other modes get one backend per entry.
+name registered as a served-model name. Other modes get one backend per entry. An entry
+with `replicas: N` (vllm_server) gets N servers behind one ReplicatedBackend.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class EngineGroup:
 def _engine_identity(entry: ModelEntry) -> str:
     if entry.serve not in VLLM_MODES:
         return f"{entry.serve}:{entry.name}"
-    same = entry.model_dump(include={"serve", "model", "tensor_parallel_size", "dtype", "max_model_len",
+    same = entry.model_dump(include={"serve", "model", "tensor_parallel_size", "replicas", "dtype", "max_model_len",
                                      "chat_template", "engine"})
     return f"{entry.serve}:{stable_hash(same, resolve_model(entry.model))}"
 
@@ -88,9 +89,15 @@ def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.mode
     if first.serve == "openai":
         from tasks.backends.openai_http import OpenAIHTTPBackend
 
+        gate = None
+        if first.shared_limit is not None:
+            from tasks.backends.shared_limit import open_gate
+
+            gate = open_gate(first.shared_limit)
         return OpenAIHTTPBackend(first.name, first.base_url, api_key(first, field), key_env=first.api_key_env,
                                  model=first.model, rpm=first.rpm, tpm=first.tpm, max_concurrency=first.concurrency,
-                                 learn_limits=first.learn_limits, policy=policy, limit_key=first.limit_group)
+                                 learn_limits=first.learn_limits, policy=policy, limit_key=first.limit_group,
+                                 shared_gate=gate)
     served = list(dict.fromkeys(e.request_model for e in group.entries))
     common = dict(
         name=group.engine_id, python=first.engine.interpreter(), model=resolve_model(first.model),
@@ -103,9 +110,15 @@ def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.mode
     if first.serve == "vllm_server":
         from tasks.backends.vllm_server import VLLMServerBackend
 
-        return VLLMServerBackend(**common, startup_timeout_s=first.engine.startup_timeout_s,
-                                 concurrency=max(e.concurrency for e in group.entries),
-                                 request_timeout_s=first.request_timeout_s, policy=policy)
+        server = dict(common, startup_timeout_s=first.engine.startup_timeout_s,
+                      concurrency=max(e.concurrency for e in group.entries), request_timeout_s=first.request_timeout_s,
+                      policy=policy)
+        if first.replicas == 1:
+            return VLLMServerBackend(**server)
+        from tasks.backends.replicas import ReplicatedBackend
+
+        return ReplicatedBackend(group.engine_id, [VLLMServerBackend(**dict(server, name=f"{group.engine_id}-r{i}"))
+                                                   for i in range(first.replicas)])
     from tasks.backends.vllm_batch import VLLMBatchBackend
 
     return VLLMBatchBackend(**common, run_timeout_s=first.engine.run_timeout_s, runner=first.engine.batch_runner)

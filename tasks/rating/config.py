@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tasks.backends.batch_settings import BatchSettings
 from tasks.backends.engine_settings import EngineSettings
 from tasks.backends.request_settings import RetrySettings
+from tasks.backends.shared_limit import SharedLimit
 from tasks.rating.protocol import ASPECTS
 
 Kind = Literal["openai", "azure", "openai_compatible", "local_vllm", "scripted", "anthropic"]
@@ -97,6 +98,9 @@ class JudgeEndpoint(BaseModel):
                                  "and the circuit breaker")
     limit_group: str | None = Field(None, description="Endpoints (judges, pool entries) that share one rate limit name "
                                     "the same group and share one limiter; default: base URL + model")
+    shared_limit: SharedLimit | None = Field(
+        None, description="A rate limit shared with every other process that names it (same API key), checked before "
+                          "each send; see docs/operations.md")
     # kind local_vllm without base_url: the stage launches this engine itself.
     engine_model: str = Field("{models_dir}/SmolLM2-135M-Instruct", description="local_vllm: model folder the launched "
                               "engine serves (`{models_dir}` expands); served under `model`")

@@ -131,5 +131,9 @@ def judge_backend(endpoint: JudgeEndpoint, **overrides) -> Backend:
                 policy=ep.retry.policy(ep.timeout_s, ep.max_rate_limit_wait_s),
                 limit_key=ep.limit_group or f"{ep.kind}|{base_url}|{ep.request_model}",
                 azure_api_version=ep.api_version if ep.kind == "azure" else None, missing_key=missing)
+    if ep.shared_limit is not None:
+        from tasks.backends.shared_limit import open_gate
+
+        args["shared_gate"] = open_gate(ep.shared_limit)
     args.update(overrides)
     return OpenAIHTTPBackend(f"{ep.kind}:{ep.name}", base_url, **args)

@@ -1,0 +1,242 @@
+"""Several backends of one model behind one Backend: balancing and fail-over.
+
+Inputs: N backends serving the same model (several launched vLLM servers, several base
+URLs of one endpoint), each a Backend (tasks/backends/base.py). Output: one Backend whose
+`run` yields exactly one result per request, whichever replica answered it.
+
+- Balancing: a replica is handed a request when it asks for one (its client has a free
+  slot) and it has no more requests outstanding than any other live replica that still
+  has a free slot; otherwise it waits up to `balance_wait_s` for the others to catch up.
+  So a shard smaller than one replica's concurrency is still split evenly, and a
+  saturated pool behaves like least-outstanding-requests.
+- Fail-over: a replica whose `run` raises a TransientError (EngineDiedError: its server
+  process is gone, connection refused) or an OSError is dead for the rest of this
+  backend's life. Every request handed to it and not answered goes back to the front of
+  the queue for the live replicas. A request it did answer is never sent again, and a
+  late duplicate answer is dropped, so each custom_id is yielded once.
+- When every replica is dead while requests remain, `run` raises EngineDiedError (the
+  orchestrator retries the shard; finished parts are kept).
+
+Each replica's `run` is driven from its own thread. A replica's request iterator never
+blocks while that replica has requests in flight for longer than `balance_wait_s`: when
+there is nothing to hand out it ends, and the replica is asked again (a new `run`) once
+fail-over work appears. `dispatch` records (replica, custom_id) per send and
+`answered_by` who answered each id, for tests and the engine summary.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
+
+from tasks.backends.base import Backend, BatchRequest, BatchResult
+from tasks.errors import EngineDiedError, TransientError
+
+log = logging.getLogger(__name__)
+_FAILOVER = (TransientError, OSError)
+
+
+class _Dispatch:
+    """Shared state of one `run`: what is left, who holds what. Guarded by `cond`."""
+
+    def __init__(self, requests: Iterable[BatchRequest], caps: list[float], alive: list[bool]):
+        self.source = iter(requests)
+        self.exhausted = False
+        self.retry: deque[BatchRequest] = deque()
+        self.caps = caps
+        self.alive = list(alive)
+        self.held: list[dict[str, BatchRequest]] = [{} for _ in caps]
+        self.answered: set[str] = set()
+        self.stop = False
+        self.cond = threading.Condition()
+
+    def outstanding(self, i: int) -> int:
+        return len(self.held[i])
+
+    def others_busy(self, i: int) -> bool:
+        return any(self.alive[j] and self.held[j] for j in range(len(self.caps)) if j != i)
+
+    def finished(self) -> bool:
+        return self.exhausted and not self.retry and not any(self.held)
+
+    def my_turn(self, i: int) -> bool:
+        """No live replica with a free slot holds fewer requests than replica i."""
+        mine = self.outstanding(i)
+        return all(not self.alive[j] or self.outstanding(j) >= self.caps[j] or self.outstanding(j) >= mine
+                   for j in range(len(self.caps)) if j != i)
+
+    def next_request(self) -> BatchRequest | None:
+        if self.retry:
+            return self.retry.popleft()
+        try:
+            return next(self.source)
+        except StopIteration:
+            self.exhausted = True
+            return None
+
+
+class ReplicatedBackend:
+    def __init__(self, name: str, replicas: list[Backend], balance_wait_s: float = 0.25):
+        if not replicas:
+            raise ValueError("ReplicatedBackend needs at least one replica")
+        self.name = name
+        self.replicas = list(replicas)
+        self.balance_wait_s = balance_wait_s
+        self.alive = [False] * len(self.replicas)  # started and not failed
+        self.open = False
+        self.failures: dict[str, str] = {}  # replica name -> why it is out
+        self.dispatch: list[tuple[str, str]] = []
+        self.answered_by: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"ReplicatedBackend(name={self.name!r}, replicas={[r.name for r in self.replicas]!r})"
+
+    # -- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> "ReplicatedBackend":
+        # Launched servers take tens of seconds to load: start them side by side.
+        with ThreadPoolExecutor(max_workers=len(self.replicas)) as pool:
+            outcomes = list(pool.map(_enter, self.replicas))
+        errors = []
+        for i, exc in enumerate(outcomes):
+            self.alive[i] = exc is None
+            if exc is not None:
+                self.failures[self.replicas[i].name] = f"start: {type(exc).__name__}: {exc}"[:500]
+                errors.append(exc)
+        if not any(self.alive):
+            raise errors[0]
+        self.open = True
+        if errors:
+            log.warning("%s: %d of %d replicas failed to start, running on the rest: %s", self.name, len(errors),
+                        len(self.replicas), "; ".join(self.failures.values()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Dead replicas too: a killed server's process group may still hold children.
+        for backend in self.replicas:
+            try:
+                backend.__exit__(None, None, None)
+            except Exception as err:  # one replica's stop must not keep the others running
+                log.warning("%s: stopping replica %s failed: %s", self.name, backend.name, err)
+        self.open = False
+
+    # -- run -------------------------------------------------------------------------
+    def run(self, requests: Iterable[BatchRequest]) -> Iterator[BatchResult]:
+        if not self.open:
+            raise RuntimeError(f"ReplicatedBackend {self.name}: run outside its context")
+        if not any(self.alive):
+            raise EngineDiedError(f"{self.name}: no live replica ({self.failures})")
+        caps = [float(getattr(b, "concurrency", None) or float("inf")) for b in self.replicas]
+        d = _Dispatch(requests, caps, self.alive)
+        out: queue.Queue = queue.Queue()
+        threads = [threading.Thread(target=self._drive, args=(d, i, out), name=f"replica-{b.name}", daemon=True)
+                   for i, b in enumerate(self.replicas) if self.alive[i]]
+        for t in threads:
+            t.start()
+        running = len(threads)
+        try:
+            while running:
+                kind, payload = out.get()
+                if kind == "result":
+                    yield payload
+                elif kind == "end":
+                    running -= 1
+                else:  # an error that is not the replica's death: stop everything
+                    raise payload
+            with d.cond:
+                left = len(d.retry) + (0 if d.exhausted else 1)
+            if left:
+                raise EngineDiedError(f"{self.name}: every replica is gone with requests unanswered "
+                                      f"(~{len(d.retry)} known); {self.failures}")
+        finally:
+            with d.cond:
+                d.stop = True
+                d.cond.notify_all()
+            for t in threads:
+                t.join(timeout=5)
+
+    def _drive(self, d: _Dispatch, i: int, out: queue.Queue) -> None:
+        backend = self.replicas[i]
+        try:
+            while True:
+                for result in backend.run(self._feed(d, i)):
+                    self._deliver(d, i, result, out)
+                with d.cond:
+                    if d.held[i]:
+                        raise EngineDiedError(f"replica {backend.name} ended without answering "
+                                              f"{len(d.held[i])} requests")
+                    more = d.retry or not d.exhausted or d.others_busy(i)
+                    if d.stop or d.finished() or not more:
+                        return
+        except _FAILOVER as exc:
+            self._fail_over(d, i, exc)
+        except BaseException as exc:
+            out.put(("error", exc))
+        finally:
+            out.put(("end", None))
+
+    def _feed(self, d: _Dispatch, i: int) -> Iterator[BatchRequest]:
+        while True:
+            req = self._take(d, i)
+            if req is None:
+                return
+            yield req
+
+    def _take(self, d: _Dispatch, i: int) -> BatchRequest | None:
+        name = self.replicas[i].name
+        asked = time.monotonic()
+        with d.cond:
+            while not d.stop and d.alive[i]:
+                if d.retry or not d.exhausted:
+                    wait = self.balance_wait_s - (time.monotonic() - asked)
+                    if wait > 0 and not d.my_turn(i):
+                        d.cond.wait(wait)
+                        continue
+                    req = d.next_request()
+                    if req is None:
+                        continue
+                    d.held[i][req["custom_id"]] = req
+                    self.dispatch.append((name, req["custom_id"]))
+                    d.cond.notify_all()
+                    return req
+                # Nothing to hand out now. With requests in flight, end this run (its client
+                # must not be blocked); idle, wait for fail-over work while others are busy.
+                if d.held[i] or not d.others_busy(i):
+                    return None
+                d.cond.wait(0.5)
+        return None
+
+    def _deliver(self, d: _Dispatch, i: int, result: BatchResult, out: queue.Queue) -> None:
+        cid = result.get("custom_id")
+        with d.cond:
+            d.held[i].pop(cid, None)
+            duplicate = cid in d.answered
+            d.answered.add(cid)
+            if not duplicate:
+                self.answered_by[cid] = self.replicas[i].name
+            d.cond.notify_all()
+        if not duplicate:
+            out.put(("result", result))
+
+    def _fail_over(self, d: _Dispatch, i: int, exc: BaseException) -> None:
+        name = self.replicas[i].name
+        with d.cond:
+            lost = list(d.held[i].values())
+            d.held[i].clear()
+            d.alive[i] = self.alive[i] = False
+            d.retry.extendleft(reversed(lost))  # oldest first, ahead of new work
+            self.failures[name] = f"{type(exc).__name__}: {exc}"[:500]
+            d.cond.notify_all()
+        log.warning("%s: replica %s is gone (%s); %d unanswered requests go to the other replicas",
+                    self.name, name, type(exc).__name__, len(lost))
+
+
+def _enter(backend: Backend) -> BaseException | None:
+    try:
+        backend.__enter__()
+        return None
+    except BaseException as exc:  # reported per replica by the caller
+        return exc
