@@ -86,7 +86,9 @@ def test_ratelimit_headers_pause_the_endpoint(shard, tmp_path):
     finally:
         srv.stop()
     assert table.num_rows == 60 and s["answered"] == 24 and s["duplicates"] == []
-    assert s["rate_limited"] <= 6, s["rate_limited"]  # without the pause: about one per request beyond the burst
+    # Without the pause: about one 429 per request beyond the burst (19). With it, a few; on a
+    # loaded machine the headers reach the gate late, so a few more (up to 10 seen on 2 busy cores).
+    assert s["rate_limited"] <= 12, s["rate_limited"]
 
 
 def test_a_missing_key_names_its_variable(anthropic_server, shard, tmp_path, monkeypatch):
@@ -117,7 +119,7 @@ def test_a_lost_message_batch_create_is_adopted_not_repeated(anthropic_server, s
     cfg = RatingConfig.model_validate({"endpoints": [{"name": "judge", "kind": "anthropic", "model": "claude-test",
                                                       "api_key_env": "UF_TEST_ANTHROPIC_KEY", "answer_mode": "text"}],
                                        "judge": "judge"})
-    bodies = {prompts.request_id(b): b for b in (_body(c, cfg) for c in build_calls(*shard, cfg, 42)[0])}
+    bodies = {rid: b for b, rid in (_body(c, cfg) for c in build_calls(*shard, cfg, 42)[0])}
     record = state_path(tmp_path / "j.jsonl")
     group = BatchState(record).intend(list(bodies), 0)  # what the killed process had written
     api = MessageBatchAPI(anthropic_client(anthropic_server.url, "sk-ant-test"), "claude")

@@ -24,12 +24,10 @@ def judge_requests(shard) -> list[dict]:
     cfg = RatingConfig.model_validate({"endpoints": [{"name": "j", "kind": "scripted", "model": "judge",
                                                       "answer_mode": "text"}], "judge": "j"})
     calls, _ = build_calls(*shard, cfg, 42)
-    from tasks.rating import prompts
-
     out = {}
     for call in calls:
-        body = _body(call, cfg)
-        out[prompts.request_id(body)] = make_request(prompts.request_id(body), body)
+        body, request_id = _body(call, cfg)
+        out[request_id] = make_request(request_id, body)
     return list(out.values())
 
 

@@ -156,8 +156,8 @@ def fingerprints_by_request_id(cfg_path: Path) -> dict[str, str]:
     for comp in store.refs("generate"):
         calls, _ = build_calls(store.read_shard("sample", comp.shard_id), store.read_shard(comp), cfg.rating, cfg.seed)
         for call in calls:
-            body = _body(call, cfg.rating)
-            out[prompts.request_id(body)] = request_fingerprint(body)
+            body, request_id = _body(call, cfg.rating)
+            out[request_id] = request_fingerprint(body)
     return out
 
 

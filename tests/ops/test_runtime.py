@@ -24,8 +24,8 @@ def test_tune_gc_freezes_once_and_raises_the_threshold(monkeypatch):
         runtime.tune_gc()
         frozen = gc.get_freeze_count()
         assert frozen > 0 and gc.get_threshold() == runtime.GC_THRESHOLD
-        runtime.tune_gc()  # a second call freezes nothing more
-        assert gc.get_freeze_count() == frozen
+        runtime.tune_gc()  # a second call freezes nothing more (frozen objects may be freed meanwhile)
+        assert gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

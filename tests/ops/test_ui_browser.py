@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from flows.config import RunConfig
 from storage.shards import ShardStore
 from tests.ops.browser import MISSING, PrefectUI, browser_paths, headless_chromium
 from tests.ops.helpers import scripted, shard_mtimes
@@ -116,10 +117,13 @@ def test_custom_run_form_with_a_new_quota_recomputes_only_the_changed_shards(ui_
     run = _wait(ui_server, flow_run_id)
     assert run.state.is_completed(), ui_server.log_tail()
     assert run.deployment_id is not None and str(run.deployment_id) == deployed["id"]
-    # the form sent the deployment's config with exactly that one field changed
+    # the form sent the deployment's config with exactly that one field changed (the form also
+    # spells out optional fields the deployment leaves unset, as null: the same config)
     want = cfg.model_dump(mode="json")
     want["sources"][1]["quota"] = 5
-    assert run.parameters["config"] == want
+    sent = run.parameters["config"]
+    assert sent["sources"][1]["quota"] == 5
+    assert RunConfig.model_validate(sent).model_dump(mode="json") == want
 
     # sharegpt 3 -> 5 rows with shard_size 4: its first shard changes and a second appears
     summary = ShardStore(cfg.output).read_manifest()["summary"]["stages"]
