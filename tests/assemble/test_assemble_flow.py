@@ -1,8 +1,6 @@
 """The assemble stage inside the real flow (scripted backends, temporary Prefect API)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from flows.config import load_config

@@ -3,7 +3,9 @@
 The run is the scripted fixture run (sample, generate, rate through the real flow); its
 shards are copied, the judge endpoint is switched to a remote OpenAI-compatible one (so a
 judge request, if assemble sent one, would have to open a socket), and the stage's publish
-task runs with `socket.connect` refusing every address, loopback included.
+task runs with `socket.connect` refusing every address, loopback included, and every name
+lookup failing; each attempt is recorded, since a backend turns a refused connection into
+an error row rather than an exception.
 """
 from __future__ import annotations
 
@@ -38,8 +40,13 @@ def no_network(monkeypatch):
         attempts.append(address)
         raise OSError(f"network closed in this test: connect to {address!r}")
 
+    def no_lookup(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(f"network closed in this test: lookup of {host!r}")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     return attempts
 
 
@@ -47,8 +54,8 @@ def test_assemble_publishes_with_the_network_closed(rated_run, tmp_path, no_netw
     src, cfg = rated_run
     out = tmp_path / "run"
     shutil.copytree(src, out)
-    remote = JudgeEndpoint(name="remote", kind="openai_compatible", model="gpt-4o",
-                           base_url="http://judge.example.invalid/v1")
+    # An address literal (TEST-NET-1): a request would reach connect() without a name lookup.
+    remote = JudgeEndpoint(name="remote", kind="openai_compatible", model="gpt-4o", base_url="http://192.0.2.1/v1")
     rating = cfg.rating.model_copy(update={"endpoints": [*cfg.rating.endpoints, remote], "judge": "remote"})
     cfg = cfg.model_copy(update={"output": str(out), "rating": rating})
     store = ShardStore(str(out))
@@ -57,7 +64,7 @@ def test_assemble_publishes_with_the_network_closed(rated_run, tmp_path, no_netw
 
     result = publish_dataset.fn(cfg, refs, assemble_key(refs, cfg), [])
 
-    assert no_network == []  # nothing even tried to connect
+    assert no_network == []  # nothing even tried to connect (a backend would record a refusal as data)
     assert result["action"] == "written"
     assert (out / "README.md").is_file()
     dataset = pq.read_table(out / "dataset" / "train-00000-of-00001.parquet")

@@ -2,7 +2,6 @@
 injection text, bounded re-asks, failures as data."""
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 
 from storage.schemas import RATINGS, to_table
