@@ -138,7 +138,7 @@ def main() -> None:
                                                     args.profile, prof))
 
     from tasks.backends.scripted import ScriptedBackend
-    from tasks.backends.scripted_judge import ScriptedJudge
+    from tasks.rating.scripted import ScriptedJudge
 
     model = ModelClock()
     model.wrap(ScriptedBackend, "answer")  # one generated completion

@@ -22,8 +22,6 @@ import sys
 
 from deployments.spec import DeploymentSpec, OpsSpec, load_spec
 
-ENTRYPOINTS = {"ultrafeedback": "flows.ultrafeedback.ultrafeedback", "backfill": "flows.backfill.backfill"}
-
 
 def parameters(d: DeploymentSpec, cfg) -> dict:
     if d.flow == "backfill":

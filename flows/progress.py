@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from typing import Any, Iterator, Protocol
+
+from tasks.assemble.report import artifact_key  # one naming rule for every artifact of a run
 
 log = logging.getLogger("ultrafeedback.progress")
 UPDATE_EVERY_S = 2.0  # progress artifact updates are API calls; thousands of shards must not mean thousands
@@ -70,12 +71,6 @@ def _artifact(fn_name: str, **kwargs: Any) -> Any:
     except Exception as exc:
         log.warning("could not write the %s artifact: %s", fn_name, exc)
         return None
-
-
-def artifact_key(run_name: str, suffix: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    slug = re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-") or "ultrafeedback"
-    return f"{slug}-{suffix}"
 
 
 def describe(counts: dict[str, int]) -> str:

@@ -11,7 +11,9 @@ prompt), so the stage is one task. Its key covers every input shard's content ha
 whole run config (the card prints it) and the assemble code: an unchanged rerun is
 served from the cache or the marker; any new rating reassembles. Upstream shards that
 are not finished leave their prompts without completions or ratings (nulls in the
-dataset, counted in the card), and the stage logs which ones.
+dataset, counted in the card), and the stage logs which ones. The stage opens no backend
+and sends no request: it is a pure function of the shards (position bias is the judge
+audit's probe, after the rate stage).
 """
 from __future__ import annotations
 
@@ -22,9 +24,8 @@ import tasks.assemble.binarize
 import tasks.assemble.card
 import tasks.assemble.config
 import tasks.assemble.join
-import tasks.assemble.markdown
+import tasks.markdown
 import tasks.assemble.plots
-import tasks.assemble.position_bias
 import tasks.assemble.publish
 import tasks.assemble.report
 import tasks.assemble.stats
@@ -44,8 +45,8 @@ LOCAL_JUDGES = ("local_vllm", "scripted")
 
 def _code() -> str:
     a = tasks.assemble
-    return code_version(a.config, a.join, a.binarize, a.frames, a.stats, a.markdown, a.plots, a.card, a.report,
-                        a.publish, a.position_bias)
+    return code_version(a.config, a.join, a.binarize, a.frames, a.stats, tasks.markdown, a.plots, a.card, a.report,
+                        a.publish)
 
 
 def input_refs(store: ShardStore, *inputs: StageResult) -> dict[str, list[ShardRef]]:
@@ -88,22 +89,6 @@ def judge_notes(cfg) -> list[str]:
     return []
 
 
-def _position_bias(cfg, store: ShardStore, ins, comps, rates, seed: int):
-    from tasks.assemble.position_bias import position_bias_check
-    from tasks.backends.journal import Journal, journal_path
-    from tasks.rating.judges import close_engines, open_judge
-
-    journal = Journal(journal_path(cfg.output, "position_bias", cfg.rating.journal_dir, STAGE))
-    try:
-        res = position_bias_check(ins, comps, rates, cfg.rating, open_judge(cfg.rating.endpoint, store.log_dir()),
-                                  cfg.publish.position_bias_sample, seed, journal=journal)
-    finally:
-        close_engines()
-    logger().info("assemble: position-bias check on %d prompts, %d requests (%d failed), %d/%d tokens in/out",
-                  res.prompts, res.requests, res.failed_requests, res.prompt_tokens, res.completion_tokens)
-    return res.table
-
-
 def _audit_section(store: ShardStore) -> str | None:
     from flows.stage_audit import card_section
 
@@ -133,17 +118,15 @@ def publish_dataset(cfg, refs: dict[str, list[ShardRef]], key: str, notes: list[
     ins = _concat(store, refs["sample"], "instructions")
     comps = _concat(store, refs["generate"], "completions")
     # Only the columns the outputs use: raw_text alone is half of a ratings shard.
-    columns = RATING_COLUMNS + (["permutation"] if cfg.publish.position_bias else [])
-    rates = _concat(store, refs["rate"], "ratings", columns)
+    rates = _concat(store, refs["rate"], "ratings", RATING_COLUMNS)
     seed = cfg.publish.seed if cfg.publish.seed is not None else cfg.seed
-    bias = _position_bias(cfg, store, ins, comps, rates, seed) if cfg.publish.position_bias and rates.num_rows else None
     tables = [ins, comps, rates]
     del ins, comps, rates  # publish holds the only references, so it can drop what it has joined
     result = publish(tables.pop(0), tables.pop(0), tables.pop(0), output=cfg.output, config=cfg.model_dump(mode="json"),
                      publish_cfg=cfg.publish, seed=seed,
                      truthful_sources={s.name for s in cfg.sources if s.format == "truthful_qa"},
                      truthful_questions=truthfulqa_questions(truthfulqa_files(cfg)),
-                     position_bias=bias, notes=notes + judge_notes(cfg), audit=_audit_section(store))
+                     notes=notes + judge_notes(cfg), audit=_audit_section(store))
     files = to_table([{"path": f.path, "schema": f.schema, "rows": f.rows} for f in result.files], "outputs")
     ref = store.write_shard(STAGE, SHARD, files, "outputs", key)
     return {"ref": ref, "action": "written", "summary": result.summary()}

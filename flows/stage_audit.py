@@ -72,6 +72,7 @@ def part_key(part: str, refs: dict[str, list[ShardRef]], cfg) -> str:
       cache_key_fn=key_from_param, persist_result=True)
 def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dict:
     """One audit shard: the run probes (`run`) or one human set (`human-<name>`)."""
+    from tasks.audit.humans import oracle_labels
     from tasks.audit.run import human_part, run_part
     from tasks.backends.journal import Journal, journal_path
     from tasks.rating.judges import open_judge
@@ -85,12 +86,12 @@ def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dic
     def journal(name: str) -> Journal:
         return Journal(journal_path(cfg.output, f"audit-{name}", cfg.rating.journal_dir, STAGE))
 
-    judge = open_judge(cfg.rating.endpoint, log_dir)
+    judge = open_judge(cfg.rating.endpoint, log_dir, oracle=oracle_labels)
     if part == "run":
         second = _second(cfg)
         table = run_part(_concat(store, refs["sample"], "instructions"), _concat(store, refs["generate"], "completions"),
                          _concat(store, refs["rate"], "ratings"), cfg.rating, cfg.audit, seed, judge, journal(part),
-                         (second, open_judge(second, log_dir), journal(f"{part}-second")) if second else None)
+                         (second, open_judge(second, log_dir, oracle=oracle_labels), journal(f"{part}-second")) if second else None)
     else:
         hs = next(h for h in cfg.audit.human_sets if f"human-{h.name}" == part)
         table = human_part(hs, cfg.rating, seed, judge, journal(part))
@@ -99,7 +100,7 @@ def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dic
 
 
 def _artifacts(name: str, results: pa.Table, report_md: str) -> None:
-    from tasks.assemble.markdown import records
+    from tasks.markdown import records
     from tasks.assemble.report import _in_prefect_run, artifact_key
 
     if not _in_prefect_run():
@@ -139,7 +140,7 @@ def _finish(cfg, store: ShardStore, parts: list[ShardRef], sample_refs: list[Sha
         write_bytes(f"{cfg.output.rstrip('/')}/{STAGE}/{name}", png)
     cost = cost_lines(rows)
     ids = set(rows_df.loc[rows_df["set"] == "run", "item_id"])
-    md = report.render(res_df, rows_df, cost, _instructions(store, sample_refs, ids), cfg.rating.endpoint.model,
+    md = report.render_audit(res_df, rows_df, cost, _instructions(store, sample_refs, ids), cfg.rating.endpoint.model,
                        cfg.audit.disagreements, plots=list(report.PLOTS), heading="#")
     write_text(f"{cfg.output.rstrip('/')}/{STAGE}/report.md", md)
     _artifacts(cfg.name, results, md)
@@ -183,5 +184,5 @@ def card_section(store: ShardStore) -> str | None:
     ids = set(rows.loc[rows["set"] == "run", "item_id"])
     rated = rows.loc[rows["probe"].isin(["rate", "position", "human"]), "judge_model"]
     judge = rated.iloc[0] if len(rated) else "the judge"
-    return report.render(results, rows, cost_lines(table), _instructions(store, store.refs("sample"), ids), judge,
+    return report.render_audit(results, rows, cost_lines(table), _instructions(store, store.refs("sample"), ids), judge,
                          plots=[f"{STAGE}/{p}" for p in report.PLOTS])

@@ -49,6 +49,12 @@ COMPLETIONS = pa.schema(
     ]
 )
 
+# The values of RATINGS.aspect: UltraFeedback's four 1-5 aspects (the keys of DATASET's
+# annotations; the two typed ones carry a Type list) and the critique with its 1-10 score.
+ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
+TYPED_ASPECTS = ("truthfulness", "helpfulness")
+CRITIQUE = "critique"
+
 # One row per (completion, aspect); the critique is aspect "critique" with a 1-10 score.
 RATINGS = pa.schema(
     [

@@ -73,12 +73,3 @@ def read_table(url: str) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as fh:
         return pq.read_table(fh).replace_schema_metadata(None)
-
-
-def remove_files(url_glob: str) -> int:
-    """Delete files matching a glob (stale parts of an earlier, larger output)."""
-    fs, pattern = fsspec.core.url_to_fs(url_glob)
-    hits = fs.glob(pattern)
-    for hit in hits:
-        fs.rm(hit)
-    return len(hits)

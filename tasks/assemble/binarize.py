@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from tasks.assemble.config import ASPECT_SCORES
+from storage.schemas import ASPECTS
 
 TRUTHFUL_QA = "truthful_qa"
 
@@ -124,7 +124,7 @@ def completion_score(completion: dict, score: str) -> float | None:
         return completion["overall_score"]
     if score == "fine_grained":
         return completion["fine-grained_score"]
-    if score not in ASPECT_SCORES:
+    if score not in ASPECTS:
         raise ValueError(f"publish.pairs: unknown score {score!r}")
     rating = ((completion.get("annotations") or {}).get(score) or {}).get("Rating")
     try:
@@ -150,11 +150,6 @@ def collect(rows: list[dict], score: str, stats: PairStats) -> list[Prompt]:
         prompts.append(Prompt(row["source"], prompt_id(row["instruction"]), row["instruction"], cands))
     stats.prompts = len(prompts)
     return prompts
-
-
-def rescore(prompts: list[Prompt], scores: Callable[[Prompt, Candidate], float]) -> list[Prompt]:
-    return [Prompt(p.source, p.prompt_id, p.prompt, [Candidate(c.index, c.model, c.response, scores(p, c), c.ref)
-                                                     for c in p.candidates]) for p in prompts]
 
 
 def drop_truthful_qa(prompts: list[Prompt], sources: set[str], questions: set[str], stats: PairStats) -> list[Prompt]:

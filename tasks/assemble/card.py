@@ -1,7 +1,7 @@
 """The dataset card: README.md at the root of a run's output.
 
 Inputs: the run config (as a plain dict), `RunStats`, the pair statistics, the output
-file list, the judge models seen and, optionally, position-bias results. Output: Markdown
+file list, the judge models seen and, optionally, the judge audit's section. Output: Markdown
 with a Hugging Face front matter whose `configs` point at the Parquet files, so the
 folder loads as a dataset once uploaded, plus the figures a user needs to judge the run:
 counts per source, model and principle, rating distributions, parse failures, cost, the
@@ -17,7 +17,7 @@ import yaml
 
 from storage.schemas import SCHEMAS
 from tasks.assemble.config import LAYOUT_SCHEMA, LAYOUT_SPLITS, default_pairs
-from tasks.assemble.markdown import kv, table
+from tasks.markdown import kv, table
 from tasks.assemble.stats import RunStats
 
 # Licences of the upstream sources, by adapter; a generic file format says nothing about
@@ -40,12 +40,21 @@ SUBSETS = [  # (config name, [(split, glob)], schema); the pair sets follow (pai
 
 
 def _batch_spend(stats, config: dict) -> list[str]:
-    """The batch-mode spend against the realtime price, under the cost table (none in realtime mode)."""
-    from tasks.rating.cost import batch_spend_note
-
+    """The card's sentence for a judge that ran through a provider's Batch API: what was paid
+    (the rate line) against the same tokens at the list price of `rating.prices` (the run
+    config as plain data: assemble reads the config and the shards, nothing of rating)."""
+    rating = config.get("rating") or {}
+    ep = next((e for e in rating.get("endpoints", []) if e.get("name") == rating.get("judge")), None)
     rate = stats.cost[stats.cost["stage"] == "rate"].to_dict("records")
-    note = batch_spend_note(rate[0], config.get("rating") or {}) if rate else None
-    return [f"\n{note}\n"] if note else []
+    if not ep or ep.get("mode") != "batch" or not rate:
+        return []
+    price, paid = (rating.get("prices") or {}).get(ep.get("model")), rate[0].get("usd")
+    if price is None or paid is None:
+        return [f"\nThe judge ran through the provider's Batch API (`{ep.get('model')}` is unpriced).\n"]
+    listed = (int(rate[0].get("prompt_tokens") or 0) * price["input_per_1m"]
+              + int(rate[0].get("completion_tokens") or 0) * price["output_per_1m"]) / 1e6
+    return [f"\nThe judge ran through the provider's Batch API: {paid:.4f} USD paid, {listed:.4f} USD at the "
+            f"realtime (list) price of the same tokens.\n"]
 
 
 def _pair_sets(config: dict) -> dict[str, dict]:
@@ -194,8 +203,7 @@ def loading_snippet(subsets: list) -> str:
 
 
 def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[str],
-                position_bias: pd.DataFrame | None = None, files: list[str] | None = None,
-                notes: list[str] | None = None, audit: str | None = None) -> str:
+                files: list[str] | None = None, notes: list[str] | None = None, audit: str | None = None) -> str:
     subsets = present_subsets(files or [], config)
     src = sources_table(stats)
     name = config.get("name", "ultrafeedback")
@@ -228,9 +236,6 @@ def render_card(config: dict, stats: RunStats, pair_stats: dict, judges: list[st
         "\n## What the openbmb layout leaves out\n", LOSSY,
         "\n## Preference pairs\n", _pairs_section(pair_stats, config),
     ]
-    if position_bias is not None:
-        lines += ["\n## Position bias\n", "Agreement between the ratings of a sample and a re-rating with "
-                  "the completion order reversed.\n", table(position_bias)]
     if audit:  # the judge audit's own section (rendered by tasks.audit.report from its shards)
         lines += ["", audit]
     lines += [

@@ -13,11 +13,39 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.assemble.pair_rules import PairRuleSet
-
-ASPECT_SCORES = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 Score = Literal["overall", "fine_grained", "instruction_following", "honesty", "truthfulness", "helpfulness"]
 Layout = Literal["h4", "argilla", "trl"]
+Rule = Literal["tulu3", "delta"]
+
+
+class PairRuleSet(BaseModel):
+    """One extra pair set, written to preferences/<name>/train-*.parquet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_\-]+$", description="Folder and card name of the set")
+    rule: Rule = Field(description="tulu3 (mean of aspects, rejected strictly lower) | delta (stronger vs weaker model)")
+    min_margin: float = Field(0.0, ge=0, le=4, description="tulu3: least mean difference between chosen and rejected")
+    stronger: str | None = Field(None, description="delta: pool entry whose answers are chosen")
+    weaker: str | None = Field(None, description="delta: pool entry whose answers are rejected")
+    on_policy: bool = Field(False, description="Keep only pairs with the policy entry (generation.models[].policy) on "
+                            "exactly one side; the side is recorded")
+
+    @model_validator(mode="after")
+    def _rule_fields(self) -> "PairRuleSet":
+        if self.rule == "delta":
+            if not self.stronger or not self.weaker:
+                raise ValueError("stronger and weaker: required for rule delta")
+            if self.stronger == self.weaker:
+                raise ValueError("stronger and weaker: must name two different models")
+        elif self.stronger or self.weaker:
+            raise ValueError("stronger / weaker: only for rule delta")
+        return self
+
+    @property
+    def needs_judge(self) -> bool:
+        return self.rule != "delta"
+
 
 # Splits each layout writes (H4's six; Argilla's one; TRL train/test).
 LAYOUT_SPLITS: dict[str, tuple[str, ...]] = {
@@ -85,8 +113,6 @@ class PublishConfig(BaseModel):
         "the run did not sample TruthfulQA")
     shard_rows: int = Field(50_000, ge=1, description="Rows per output Parquet file")
     plots: bool = Field(True, description="Render the quality report's PNG plots")
-    position_bias: bool = Field(False, description="Re-rate a sample with the completion order reversed")
-    position_bias_sample: int = Field(50, ge=1, le=100_000, description="Prompts in the position-bias sample")
     pair_rules: list[PairRuleSet] = Field(default_factory=list, description="Extra pair sets by rule (tulu3, delta; "
                                           "optionally on-policy), each in preferences/<name>/")
 
@@ -98,6 +124,16 @@ class PublishConfig(BaseModel):
         if clash:
             raise ValueError(f"pair set names repeated or taken by the built-in sets: {clash}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_position_bias(cls, raw):
+        """Assemble sends no judge request: the position-bias re-rating is the judge audit's
+        position probe now, run after the rate stage on its own shards."""
+        if isinstance(raw, dict) and {"position_bias", "position_bias_sample"} & set(raw):
+            raise ValueError("publish.position_bias: removed; assemble sends no judge request. Set audit.enabled: "
+                             "true (the judge audit's position probe re-rates a sample with the order reversed)")
+        return raw
 
     @model_validator(mode="before")
     @classmethod

@@ -22,11 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.schemas import PREFERENCES_H4, SCHEMAS
+from storage.schemas import ASPECTS, CRITIQUE, PREFERENCES_H4, SCHEMAS
 from tasks.assemble.binarize import Candidate, PairStats, Pick, Prompt
-from tasks.assemble.config import ASPECT_SCORES, LAYOUT_SCHEMA
+from tasks.assemble.config import LAYOUT_SCHEMA
 from tasks.assemble.join import Joined, _a, fine_grained_scores
-from tasks.rating.protocol import ASPECTS, CRITIQUE
 
 _MESSAGE = PREFERENCES_H4.field("chosen").type.value_type
 
@@ -68,7 +67,7 @@ def completion_frame(j: Joined) -> pd.DataFrame:
 
 
 def _score_column(score: str) -> str:
-    if score in ("overall", "fine_grained") or score in ASPECT_SCORES:
+    if score in ("overall", "fine_grained") or score in ASPECTS:
         return score
     raise ValueError(f"publish.pairs: unknown score {score!r}")
 

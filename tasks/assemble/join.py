@@ -32,12 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.schemas import DATASET, DATASET_IDS, RATINGS_LONG
+from storage.schemas import ASPECTS, CRITIQUE, DATASET, DATASET_IDS, RATINGS_LONG
 from tasks.errors import InputError
-from tasks.rating.protocol import ASPECTS, CRITIQUE
 
 LONG_ASPECTS = (*ASPECTS, CRITIQUE)
-TYPED = ("truthfulness", "helpfulness")
 # What the assemble stage reads of a ratings shard (raw_text, the largest column, is not).
 RATING_COLUMNS = ["prompt_id", "completion_index", "aspect", "rating", "rating_na", "types", "rationale",
                   "rationale_for_rating", "parse_status", "parse_reason", "judge_model", "prompt_tokens",

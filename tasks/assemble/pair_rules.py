@@ -22,44 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import pyarrow as pa
 
-if TYPE_CHECKING:  # binarize imports the publish config, which holds these settings
-    from tasks.assemble.binarize import Candidate, Pick, Prompt
-
-Rule = Literal["tulu3", "delta"]
-
-
-class PairRuleSet(BaseModel):
-    """One extra pair set, written to preferences/<name>/train-*.parquet."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9_\-]+$", description="Folder and card name of the set")
-    rule: Rule = Field(description="tulu3 (mean of aspects, rejected strictly lower) | delta (stronger vs weaker model)")
-    min_margin: float = Field(0.0, ge=0, le=4, description="tulu3: least mean difference between chosen and rejected")
-    stronger: str | None = Field(None, description="delta: pool entry whose answers are chosen")
-    weaker: str | None = Field(None, description="delta: pool entry whose answers are rejected")
-    on_policy: bool = Field(False, description="Keep only pairs with the policy entry (generation.models[].policy) on "
-                            "exactly one side; the side is recorded")
-
-    @model_validator(mode="after")
-    def _rule_fields(self) -> "PairRuleSet":
-        if self.rule == "delta":
-            if not self.stronger or not self.weaker:
-                raise ValueError("stronger and weaker: required for rule delta")
-            if self.stronger == self.weaker:
-                raise ValueError("stronger and weaker: must name two different models")
-        elif self.stronger or self.weaker:
-            raise ValueError("stronger / weaker: only for rule delta")
-        return self
-
-    @property
-    def needs_judge(self) -> bool:
-        return self.rule != "delta"
-
+from storage.schemas import PREFERENCES_RULES
+from tasks.assemble import frames
+from tasks.assemble.binarize import Candidate, PairStats, Pick, Prompt, assistant_turn, user_turn
+from tasks.assemble.config import PairRuleSet
+from tasks.assemble.frames import _conversation, _texts, _turns
 
 def _rng(seed: int, name: str, prompt_id: str) -> random.Random:
     return random.Random(int(hashlib.sha256(f"{seed}:rule:{name}:{prompt_id}".encode()).hexdigest()[:16], 16))
@@ -122,8 +92,6 @@ def side(chosen: Candidate, rejected: Candidate, policy: str | None) -> str | No
 
 def rows(picks: list[Pick], rs: PairRuleSet, policy: str | None) -> list[dict]:
     """Rows of the "preferences_rules" schema (TRL's conversational preference format)."""
-    from tasks.assemble.binarize import assistant_turn, user_turn
-
     out = []
     for p, c, r in picks:
         out.append({
@@ -138,11 +106,9 @@ def rows(picks: list[Pick], rs: PairRuleSet, policy: str | None) -> list[dict]:
 
 # -- columnar publishing (the publisher's path: candidates point at completion rows) --------
 
-def prompts_any(j, frame, stats_counts: dict | None = None) -> list[Prompt]:
+def prompts_any(j, frame) -> list[Prompt]:
     """Every completion with a response as a candidate, scores left unset (NaN): for rules
     that need no judge. Mirrors tasks.assemble.frames.prompts without the score filter."""
-    from tasks.assemble.binarize import Candidate, Prompt
-
     has = frame["has_response"].to_numpy()
     models, refs = frame["model"].to_numpy(), frame["_row"].to_numpy()
     ins = j.instructions.select(["source", "prompt_id", "instruction"]).to_pylist()
@@ -161,9 +127,6 @@ def policy_of(config: dict) -> str | None:
 
 def build_sets(j, frame, sets: list[PairRuleSet], seed: int, policy: str | None, keep) -> list[tuple]:
     """(set, picks, counts) per configured set; `keep` filters prompts (TruthfulQA rule)."""
-    from tasks.assemble import frames
-    from tasks.assemble.binarize import PairStats
-
     out = []
     for rs in sets:
         if rs.needs_judge:
@@ -180,8 +143,6 @@ def build_sets(j, frame, sets: list[PairRuleSet], seed: int, policy: str | None,
 def _scored(prompts: list[Prompt]) -> tuple[list[Prompt], int]:
     """The prompts with only their scored candidates (a parse failure is NaN, never a rating),
     and how many candidates were left out."""
-    from tasks.assemble.binarize import Prompt
-
     kept, dropped = [], 0
     for p in prompts:
         cands = [c for c in p.candidates if c.score == c.score]  # NaN != NaN
@@ -190,13 +151,8 @@ def _scored(prompts: list[Prompt]) -> tuple[list[Prompt], int]:
     return kept, dropped
 
 
-def table(j, picks: list[Pick], rs: PairRuleSet, policy: str | None):
+def rules_table(j, picks: list[Pick], rs: PairRuleSet, policy: str | None):
     """The set's picks as a "preferences_rules" Arrow table (texts taken from j's completions)."""
-    import pyarrow as pa
-
-    from storage.schemas import PREFERENCES_RULES
-    from tasks.assemble.frames import _conversation, _texts, _turns
-
     prompt, chosen, rejected = _texts(j, picks)
     score = (lambda c: c.score) if rs.needs_judge else (lambda c: None)
     cols = {

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import fsspec
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,7 +38,7 @@ from tasks.assemble.card import render_card
 from tasks.assemble.config import LAYOUT_SCHEMA, PublishConfig
 from tasks.assemble.join import dataset_from, ids_from, join, long_from, long_rows
 from tasks.assemble.plots import render_all
-from tasks.assemble.report import publish_artifacts, render_report
+from tasks.assemble.report import publish_report_artifacts, render_report
 from tasks.assemble.stats import LONG_COLUMNS, RunStats, run_stats
 
 
@@ -77,18 +76,12 @@ def truthfulqa_questions(paths: list[str]) -> set[str]:
     return out
 
 
-def write_parts(root: str, folder: str, prefix: str, table: pa.Table, schema_name: str,
-                shard_rows: int) -> list[OutputFile]:
-    """`{folder}/{prefix}-00000-of-0000N.parquet`; no file for zero rows, since `datasets`
-    cannot load an empty Parquet split (the card then leaves that split out)."""
-    return write_parts_built(root, folder, prefix, table.num_rows, lambda lo, hi: table.slice(lo, hi - lo),
-                             schema_name, shard_rows, shard_rows)
-
-
 def write_parts_built(root: str, folder: str, prefix: str, total: int, build: Callable[[int, int], pa.Table],
                       schema_name: str, shard_rows: int, chunk_rows: int) -> list[OutputFile]:
-    """As `write_parts`, for a table of `total` rows that `build(lo, hi)` makes a slice at a
-    time: at most `chunk_rows` rows of it are in memory while a part file streams out."""
+    """`{folder}/{prefix}-00000-of-0000N.parquet` for a table of `total` rows that `build(lo, hi)`
+    makes a slice at a time: at most `chunk_rows` rows of it are in memory while a part file
+    streams out. No file for zero rows, since `datasets` cannot load an empty Parquet split
+    (the card then leaves that split out)."""
     n = math.ceil(total / shard_rows)
     files = []
     for i in range(n):
@@ -129,8 +122,7 @@ def remove_stale_sets(root: str, keep: set[str]) -> None:
 
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
-            truthful_questions: set[str] = frozenset(), position_bias: pd.DataFrame | None = None,
-            notes: list[str] | None = None, audit: str | None = None) -> PublishResult:
+            truthful_questions: set[str] = frozenset(), notes: list[str] | None = None, audit: str | None = None) -> PublishResult:
     root = output.rstrip("/")
     n = publish_cfg.shard_rows
     joined = join(instructions, completions, ratings)
@@ -166,7 +158,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
         if publish_cfg.drop_truthful_qa else (lambda ps: ps)
     for rs, picks, counts in pair_rules.build_sets(joined, comps, publish_cfg.pair_rules, seed, policy, keep):
         files += write_parts_built(root, f"preferences/{rs.name}", "train", len(picks),
-                                   lambda lo, hi, p=picks, r=rs: pair_rules.table(joined, p[lo:hi], r, policy),
+                                   lambda lo, hi, p=picks, r=rs: pair_rules.rules_table(joined, p[lo:hi], r, policy),
                                    "preferences_rules", n, CHUNK_ROWS)
         rule_counts.update({f"{rs.name}.{k}": v for k, v in counts.items()})
 
@@ -177,14 +169,14 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
         write_bytes(f"{root}/report/{name}", png)
         files.append(OutputFile(f"report/{name}", "png", 0))
     name = config.get("name", "ultrafeedback")
-    report_md = render_report(name, stats, pair_stats, list(plots), position_bias)
+    report_md = render_report(name, stats, pair_stats, list(plots))
     write_text(f"{root}/report/report.md", report_md)
     judges = sorted(j for j in pc.unique(long["judge_model"]).to_pylist() if j)
-    card = render_card(config, stats, pair_stats, judges, position_bias, files=[f.path for f in files],
+    card = render_card(config, stats, pair_stats, judges, files=[f.path for f in files],
                        notes=notes, audit=audit)
     write_text(f"{root}/README.md", card)
     files += [OutputFile("report/report.md", "markdown", 0), OutputFile("README.md", "markdown", 0)]
     # The UI cannot show the PNGs, so the artifact carries the tables and says where the plots are.
-    artifact_md = render_report(name, stats, pair_stats, [], position_bias) + f"\nPlots: `{root}/report/`\n"
-    artifacts = publish_artifacts(name, stats, pair_stats, artifact_md, position_bias)
+    artifact_md = render_report(name, stats, pair_stats, []) + f"\nPlots: `{root}/report/`\n"
+    artifacts = publish_report_artifacts(name, stats, pair_stats, artifact_md)
     return PublishResult(files, pair_stats, stats, artifacts)

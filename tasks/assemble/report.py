@@ -2,7 +2,7 @@
 Prefect artifacts.
 
 Inputs: `RunStats`, pair statistics, optional position-bias results, plot file names.
-Outputs: Markdown text (`render_report`), and `publish_artifacts`, which creates table and
+Outputs: Markdown text (`render_report`), and `publish_report_artifacts`, which creates table and
 markdown artifacts on the current Prefect flow or task run and does nothing (returns [])
 when called outside one, so the pure pipeline and its tests run without Prefect.
 """
@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 
-from tasks.assemble.markdown import kv, records, table
+from tasks.markdown import kv, records, table
 from tasks.assemble.stats import RunStats
 
 log = logging.getLogger("ultrafeedback.assemble")
@@ -30,8 +30,7 @@ CAPTIONS = {
 }
 
 
-def render_report(name: str, stats: RunStats, pair_stats: dict, plots: list[str],
-                  position_bias: pd.DataFrame | None = None) -> str:
+def render_report(name: str, stats: RunStats, pair_stats: dict, plots: list[str]) -> str:
     parts = [f"# Quality report: {name}\n", kv(stats.totals), ""]
     for file in plots:
         title, caption = CAPTIONS.get(file, (file, ""))
@@ -40,9 +39,6 @@ def render_report(name: str, stats: RunStats, pair_stats: dict, plots: list[str]
               "\n## Parse status per aspect\n", table(stats.parse), "\n## Cost per stage\n", table(stats.cost),
               "\n## Sources\n", table(stats.sources), "\n## Principles\n", table(stats.principles),
               "\n## Preference pairs\n", kv(pair_stats)]
-    if position_bias is not None:
-        parts += ["\n## Position bias\n", "Agreement of ratings when the completion order is reversed.\n",
-                  table(position_bias)]
     return "\n".join(parts) + "\n"
 
 
@@ -61,8 +57,7 @@ def artifact_key(run_name: str, suffix: str) -> str:
     return f"{slug}-{suffix}"
 
 
-def publish_artifacts(name: str, stats: RunStats, pair_stats: dict, report_md: str,
-                      position_bias: pd.DataFrame | None = None) -> list[str]:
+def publish_report_artifacts(name: str, stats: RunStats, pair_stats: dict, report_md: str) -> list[str]:
     """Create the report's tables as Prefect artifacts; [] outside a flow or task run."""
     if not _in_prefect_run():
         return []
@@ -76,8 +71,6 @@ def publish_artifacts(name: str, stats: RunStats, pair_stats: dict, report_md: s
         "sources": (stats.sources, "Instructions and completions per source"),
         "pairs": (pd.DataFrame([pair_stats]), "Preference pairs made and left out"),
     }
-    if position_bias is not None:
-        tables["position-bias"] = (position_bias, "Rating agreement with the completion order reversed")
     created = []
     for key, (df, description) in tables.items():
         full_key = artifact_key(name, key)

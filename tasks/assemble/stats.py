@@ -2,8 +2,8 @@
 artifacts show.
 
 Inputs: the stage tables (INSTRUCTIONS, COMPLETIONS), the long ratings table
-("ratings_long") and one row per completion with its scores (`completion_frame`, or
-tasks.assemble.frames.completion_frame at scale). Output: `RunStats`, a set of small
+("ratings_long") and one row per completion with its scores
+(tasks.assemble.frames.completion_frame). Output: `RunStats`, a set of small
 pandas DataFrames, each with plain column names so they render as Markdown and as Prefect
 table artifacts alike. Per-row work is vectorized: the long table has a row per
 completion and aspect (1.3 million at the original's scale).
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from tasks.rating.protocol import ASPECTS, CRITIQUE
+from storage.schemas import ASPECTS, CRITIQUE
 
 RATING_VALUES = ["1", "2", "3", "4", "5", "N/A", "no rating"]
 
@@ -38,27 +38,6 @@ class RunStats:
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"sources": self.sources, "models": self.models, "principles": self.principles,
                 "ratings": self.ratings, "correlation": self.correlation, "parse": self.parse, "cost": self.cost}
-
-
-def completion_frame(dataset_rows: list[dict]) -> pd.DataFrame:
-    """One row per completion with its scores (the dataset's nested values, flattened)."""
-    from storage.keys import prompt_id
-
-    out = []
-    for row in dataset_rows:
-        for i, comp in enumerate(row["completions"]):
-            rec = {"prompt_id": row.get("prompt_id") or prompt_id(row["instruction"]), "source": row["source"],
-                   "completion_index": i,
-                   "model": comp["model"], "principle": comp["principle"],
-                   "has_response": bool((comp["response"] or "").strip()),
-                   "overall": comp["overall_score"], "fine_grained": comp["fine-grained_score"]}
-            for aspect in ASPECTS:
-                value = ((comp["annotations"] or {}).get(aspect) or {}).get("Rating")
-                rec[aspect] = float(value) if value not in (None, "N/A") else None
-            out.append(rec)
-    cols = ["prompt_id", "source", "completion_index", "model", "principle", "has_response", "overall",
-            "fine_grained", *ASPECTS]
-    return pd.DataFrame(out, columns=cols)
 
 
 def _value_text(r: float) -> str:

@@ -49,7 +49,7 @@ class AuditCall:
     request_id: str = ""
 
 
-def render(call: AuditCall, endpoint: JudgeEndpoint, cfg: RatingConfig) -> AuditCall:
+def render_call(call: AuditCall, endpoint: JudgeEndpoint, cfg: RatingConfig) -> AuditCall:
     """Fill the request body and id exactly as the rate stage would for this order."""
     knowledge = prompts.world_knowledge(call.instruction) if call.aspect == "truthfulness" else None
     user = prompts.aspect_user_message(call.aspect, call.instruction["instruction"], [t.response for t in call.texts],
@@ -65,7 +65,7 @@ def ask(calls: list[AuditCall], endpoint: JudgeEndpoint, cfg: RatingConfig, back
         journal: Journal) -> list[dict]:
     """Send every call once (journal first) and return its rows."""
     for c in calls:
-        render(c, endpoint, cfg)
+        render_call(c, endpoint, cfg)
     results: dict[str, dict] = {}
     if calls:
         with JournaledBackend(backend, journal) as jb:

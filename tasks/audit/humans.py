@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
 from storage.keys import stable_hash
 from tasks.audit.calls import AuditCall, Text
-from tasks.audit.config import PANDALM_GPT35, HumanSet
+from tasks.audit.config import BUILTIN_PATHS, PANDALM_GPT35, HumanSet
 from tasks.errors import InputError
 
 HELPSTEER_ASPECTS = {"helpfulness": "helpfulness", "correctness": "truthfulness"}
@@ -149,3 +150,19 @@ def calls_for(hs: HumanSet, items: list[HumanItem], seed: int) -> list[AuditCall
                                  texts[::-1] if flip else texts, it.votes, it.baseline))
             out[-1].texts = [Text(t.completion_index, t.model, t.response, float(it.preference)) for t in out[-1].texts]
     return out
+
+
+@lru_cache(maxsize=1)
+def oracle_labels() -> tuple[dict, dict]:
+    """The bundled human labels as the scripted `oracle` judge reads them (tests and demos of
+    the audit): (pointwise: (aspect, text) -> rating on 1-5, pairwise: (text, text) -> the
+    preferred text, None for a tie)."""
+    point, pair = {}, {}
+    for it in load(HumanSet(name="helpsteer", format="helpsteer", path=str(BUILTIN_PATHS["helpsteer"]))):
+        for aspect, label in it.labels.items():
+            point[(aspect, it.responses[0])] = int(label)
+    for it in load(HumanSet(name="pandalm", format="pandalm", path=str(BUILTIN_PATHS["pandalm"]))):
+        a, b = it.responses
+        winner = {1: a, 2: b}.get(it.preference)
+        pair[(a, b)] = pair[(b, a)] = winner
+    return point, pair

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.assemble.markdown import table  # noqa: E402
+from tasks.markdown import table  # noqa: E402
 from tasks.rating.cost import format_summary  # noqa: E402
 
 PLOTS = ("biases.png", "agreement.png")
@@ -92,7 +92,7 @@ def disagreements(rows: pd.DataFrame, instructions: dict[str, str], top: int) ->
               "instruction"]]
 
 
-def render(results: pd.DataFrame, rows: pd.DataFrame, cost: list[dict], instructions: dict[str, str],
+def render_audit(results: pd.DataFrame, rows: pd.DataFrame, cost: list[dict], instructions: dict[str, str],
            judge: str, top: int = 10, plots: list[str] | None = None, heading: str = "##") -> str:
     r = results
     run_items = rows.loc[rows["set"] == "run", "item_id"].nunique()

@@ -206,9 +206,12 @@ class GenerationConfig(BaseModel):
             if many:
                 raise ValueError(f"generation.models.{many[0]}.replicas: with generation.schedule.gpus set the "
                                  "planner gives an engine its replicas (--data-parallel-size); leave replicas at 1")
-            from tasks.generation.schedule_pool import validate_pool_gpus
+            # a tensor-parallel size that cannot be placed fails at load time, naming the entry
+            from tasks.generation.schedule import Job, validate
 
-            validate_pool_gpus(self)
+            validate([Job(m.name, m.tensor_parallel_size, 0.0, field=f"generation.models.{i}")
+                      for i, m in enumerate(self.models) if m.serve in ("vllm_server", "vllm_batch")],
+                     self.schedule.gpus)
         return self
 
     @property

@@ -1,7 +1,8 @@
 """From pool entries to running backends.
 
 Inputs: the generation config's pool and a log folder. Outputs: `EngineGroup`s (pool
-entries that can share one engine) and `open_backend(group, log_dir)`, a Backend for it.
+entries that can share one engine) and `open_backend(group, log_dir)`, a Backend for it,
+built by the factory `BACKENDS` registers for the group's serve mode.
 
 Entries that differ only in sampling settings share one engine: a demo pool that lists
 the same small model under four sampling settings starts vLLM once, with every entry's
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from storage.keys import stable_hash
 from tasks.errors import InputError
@@ -76,49 +78,78 @@ def _batch_backend(first, engine_id: str, output_root: str, field: str):
     return JournaledBackend(inner, journal)
 
 
-def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.models", output_root: str | None = None):
-    """A Backend (not yet entered) for the group (`output_root`: where batch mode journals)."""
+def _scripted(group: EngineGroup, log_dir: str, field: str, output_root: str | None):
+    from tasks.backends.scripted import ScriptedBackend
+
+    return ScriptedBackend(group.engine_id, **group.entries[0].script)
+
+
+def _openai(group: EngineGroup, log_dir: str, field: str, output_root: str | None):
     first = group.entries[0]
-    if first.serve == "openai" and first.mode == "batch":
+    if first.mode == "batch":
         return _batch_backend(first, group.engine_id, output_root or log_dir, field)
-    if first.serve == "scripted":
-        from tasks.backends.scripted import ScriptedBackend
+    from tasks.backends.openai_http import OpenAIHTTPBackend
 
-        return ScriptedBackend(group.engine_id, **first.script)
-    policy = first.retry.policy(first.request_timeout_s, first.max_rate_limit_wait_s)
-    if first.serve == "openai":
-        from tasks.backends.openai_http import OpenAIHTTPBackend
+    gate = None
+    if first.shared_limit is not None:
+        from tasks.backends.shared_limit import open_gate
 
-        gate = None
-        if first.shared_limit is not None:
-            from tasks.backends.shared_limit import open_gate
+        gate = open_gate(first.shared_limit)
+    return OpenAIHTTPBackend(first.name, first.base_url, api_key(first, field), key_env=first.api_key_env,
+                             model=first.model, rpm=first.rpm, tpm=first.tpm, max_concurrency=first.concurrency,
+                             learn_limits=first.learn_limits, policy=_policy(first), limit_key=first.limit_group,
+                             shared_gate=gate)
 
-            gate = open_gate(first.shared_limit)
-        return OpenAIHTTPBackend(first.name, first.base_url, api_key(first, field), key_env=first.api_key_env,
-                                 model=first.model, rpm=first.rpm, tpm=first.tpm, max_concurrency=first.concurrency,
-                                 learn_limits=first.learn_limits, policy=policy, limit_key=first.limit_group,
-                                 shared_gate=gate)
-    served = list(dict.fromkeys(e.request_model for e in group.entries))
-    common = dict(
+
+def _policy(first: ModelEntry):
+    return first.retry.policy(first.request_timeout_s, first.max_rate_limit_wait_s)
+
+
+def _engine_args(group: EngineGroup, log_dir: str) -> dict:
+    """The vLLM arguments every entry of the group shares (one engine serves all their names)."""
+    first = group.entries[0]
+    return dict(
         name=group.engine_id, python=first.engine.interpreter(), model=resolve_model(first.model),
-        served_names=served, log_dir=first.engine.log_dir or log_dir,
+        served_names=list(dict.fromkeys(e.request_model for e in group.entries)), log_dir=first.engine.log_dir or log_dir,
         tensor_parallel_size=first.tensor_parallel_size, dtype=first.dtype, max_model_len=first.max_model_len,
         chat_template=resolve_model(first.chat_template) if first.chat_template else None,
         enforce_eager=first.engine.enforce_eager, extra_args=first.engine.extra_args, env=first.engine.env,
         stop_timeout_s=first.engine.stop_timeout_s,
     )
-    if first.serve == "vllm_server":
-        from tasks.backends.vllm_server import VLLMServerBackend
 
-        server = dict(common, startup_timeout_s=first.engine.startup_timeout_s,
-                      concurrency=max(e.concurrency for e in group.entries), request_timeout_s=first.request_timeout_s,
-                      policy=policy)
-        if first.replicas == 1:
-            return VLLMServerBackend(**server)
-        from tasks.backends.replicas import ReplicatedBackend
 
-        return ReplicatedBackend(group.engine_id, [VLLMServerBackend(**dict(server, name=f"{group.engine_id}-r{i}"))
-                                                   for i in range(first.replicas)])
+def _vllm_server(group: EngineGroup, log_dir: str, field: str, output_root: str | None):
+    from tasks.backends.vllm_server import VLLMServerBackend
+
+    first = group.entries[0]
+    server = dict(_engine_args(group, log_dir), startup_timeout_s=first.engine.startup_timeout_s,
+                  concurrency=max(e.concurrency for e in group.entries), request_timeout_s=first.request_timeout_s,
+                  policy=_policy(first))
+    if first.replicas == 1:
+        return VLLMServerBackend(**server)
+    from tasks.backends.replicas import ReplicatedBackend
+
+    return ReplicatedBackend(group.engine_id, [VLLMServerBackend(**dict(server, name=f"{group.engine_id}-r{i}"))
+                                               for i in range(first.replicas)])
+
+
+def _vllm_batch(group: EngineGroup, log_dir: str, field: str, output_root: str | None):
     from tasks.backends.vllm_batch import VLLMBatchBackend
 
-    return VLLMBatchBackend(**common, run_timeout_s=first.engine.run_timeout_s, runner=first.engine.batch_runner)
+    first = group.entries[0]
+    return VLLMBatchBackend(**_engine_args(group, log_dir), run_timeout_s=first.engine.run_timeout_s,
+                            runner=first.engine.batch_runner)
+
+
+# serve mode -> factory(group, log_dir, field, output_root); a new serve mode is one entry here.
+BACKENDS: dict[str, Callable] = {
+    "scripted": _scripted,
+    "openai": _openai,
+    "vllm_server": _vllm_server,
+    "vllm_batch": _vllm_batch,
+}
+
+
+def open_backend(group: EngineGroup, log_dir: str, field: str = "generation.models", output_root: str | None = None):
+    """A Backend (not yet entered) for the group (`output_root`: where batch mode journals)."""
+    return BACKENDS[group.serve](group, log_dir, field, output_root)

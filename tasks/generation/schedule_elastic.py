@@ -16,7 +16,7 @@ T that holds every engine is found by bisection.
 """
 from __future__ import annotations
 
-from tasks.generation.schedule import Job, Placement
+from tasks.generation.schedule_plan import Job, Placement
 
 
 # Orders tried when pouring: widest first (narrow engines fill the gaps), then by length.

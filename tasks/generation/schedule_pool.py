@@ -2,8 +2,7 @@
 
 Inputs: the generation config, its engine groups (`engines.engine_groups`) and the number
 of instructions. Outputs: planner `Job`s and the static `Plan` the flow runs (one server
-per engine, its replicas as `--data-parallel-size`), plus `validate_pool_gpus`, which the
-config runs so a tensor-parallel size that cannot be placed fails at load time.
+per engine, its replicas as `--data-parallel-size`).
 
 A job's work is estimated from the expected number of requests (instructions x k, spread
 evenly over the pool, as the draws are) times the entries' `max_tokens`, over
@@ -14,25 +13,12 @@ behaviour on CPU.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from tasks.generation.schedule import Job, Plan, plan_schedule, validate
-
-if TYPE_CHECKING:
-    from tasks.generation.config import GenerationConfig
-    from tasks.generation.engines import EngineGroup
-
-VLLM_MODES = ("vllm_server", "vllm_batch")
+from tasks.generation.config import GenerationConfig
+from tasks.generation.engines import VLLM_MODES, EngineGroup
+from tasks.generation.schedule import Job, Plan, plan_schedule
 
 
-def validate_pool_gpus(cfg: "GenerationConfig") -> None:
-    """Every launched engine's tensor-parallel size fits and divides `schedule.gpus`."""
-    jobs = [Job(m.name, m.tensor_parallel_size, 0.0, field=f"generation.models.{i}")
-            for i, m in enumerate(cfg.models) if m.serve in VLLM_MODES]
-    validate(jobs, cfg.schedule.gpus)
-
-
-def jobs_for_pool(cfg: "GenerationConfig", groups: list["EngineGroup"], n_instructions: int) -> list[Job]:
+def jobs_for_pool(cfg: GenerationConfig, groups: list[EngineGroup], n_instructions: int) -> list[Job]:
     sched = cfg.schedule
     index = {m.name: i for i, m in enumerate(cfg.models)}
     jobs = []
@@ -50,7 +36,7 @@ def jobs_for_pool(cfg: "GenerationConfig", groups: list["EngineGroup"], n_instru
     return jobs
 
 
-def plan_for_pool(cfg: "GenerationConfig", groups: list["EngineGroup"], n_instructions: int) -> Plan:
+def plan_for_pool(cfg: GenerationConfig, groups: list[EngineGroup], n_instructions: int) -> Plan:
     """The plan the generation flow follows (static: every replica starts with its engine)."""
     jobs = jobs_for_pool(cfg, groups, n_instructions)
     return plan_schedule(jobs, cfg.schedule.gpus or 1, replicate=cfg.schedule.replicate, mode="static")

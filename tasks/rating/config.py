@@ -108,7 +108,7 @@ class JudgeEndpoint(BaseModel):
                                       "holds all completions of an instruction)")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="local_vllm: how the engine is launched")
     script: dict = Field(default_factory=dict, description="scripted: options of a scripted judge with a planted "
-                         "fault (tasks.backends.scripted_faults; tests and demos of the judge audit)")
+                         "fault (tasks.rating.scripted_faults; tests and demos of the judge audit)")
     mode: Mode = Field("realtime", description="realtime: one HTTP request per call; batch: the provider's Batch API "
                        "(OpenAI/Azure /v1/files + /v1/batches, Anthropic Message Batches) at the batch price")
     batch: BatchSettings = Field(default_factory=BatchSettings, description="mode batch: file limits, polling, resubmits")

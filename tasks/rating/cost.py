@@ -175,21 +175,3 @@ def _format_with_realtime(summary: list[dict]) -> str:
     saved = f", {1 - paid / realtime:.0%} less" if realtime > 0 else ""
     rows.append(f"\nTotal: {paid:.4f} USD paid; {realtime:.4f} USD at realtime prices{saved}")
     return "\n".join(rows)
-
-
-def batch_spend_note(rate_cost: Mapping[str, Any], rating: Mapping[str, Any]) -> str | None:
-    """The card's sentence for a judge that ran in batch mode (None in realtime mode).
-
-    `rate_cost` is the card's rate line (prompt/completion tokens, usd), `rating` the run
-    config's rating section as plain data."""
-    ep = next((e for e in rating.get("endpoints", []) if e.get("name") == rating.get("judge")), None)
-    if not ep or ep.get("mode") != "batch":
-        return None
-    raw = (rating.get("prices") or {}).get(ep.get("model"))
-    listed = request_cost(int(rate_cost.get("prompt_tokens") or 0), int(rate_cost.get("completion_tokens") or 0),
-                          Price(**raw) if raw else None)
-    paid = rate_cost.get("usd")
-    if listed is None or paid is None:
-        return f"The judge ran through the provider's Batch API (`{ep.get('model')}` is unpriced)."
-    return (f"The judge ran through the provider's Batch API: {paid:.4f} USD paid, {listed:.4f} USD at the "
-            f"realtime (list) price of the same tokens.")

@@ -1,7 +1,8 @@
-"""Which Backend asks the judge, by endpoint kind.
+"""Which Backend asks the judge, by endpoint mode and kind (the `JUDGES` registry).
 
 Inputs: a JudgeEndpoint and a folder for engine logs. Outputs: an unentered Backend:
-- scripted: the in-process ScriptedJudge (tests, demos);
+- scripted: the in-process ScriptedJudge (tests, demos), or with a `script` the FaultyJudge
+  of tasks.rating.scripted_faults (planted faults for the judge audit);
 - openai, azure, openai_compatible, and local_vllm with a base URL: the OpenAI-protocol
   backend (tasks.backends.openai_http), the same client generation uses;
 - mode batch: the provider's Batch API (tasks/backends/openai_batch.py, Anthropic Message
@@ -14,7 +15,8 @@ Inputs: a JudgeEndpoint and a folder for engine logs. Outputs: an unentered Back
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 from tasks.backends.base import Backend, BatchRequest, BatchResult
 from tasks.rating.config import JudgeEndpoint
@@ -70,7 +72,7 @@ def close_engines() -> None:
             engine.__exit__(None, None, None)
 
 
-def _batch_judge(endpoint: JudgeEndpoint, state_file) -> Backend:
+def _batch_key(endpoint: JudgeEndpoint, state_file) -> str | None:
     from tasks.errors import InputError
 
     if state_file is None:
@@ -79,36 +81,79 @@ def _batch_judge(endpoint: JudgeEndpoint, state_file) -> Backend:
     if not key and endpoint.kind in ("openai", "azure", "anthropic"):
         raise InputError(f"rating.endpoints[{endpoint.name}]: environment variable {endpoint.key_env} is not set "
                          f"(it must hold the API key for kind {endpoint.kind})")
-    label = f"{endpoint.kind}:{endpoint.name}"
-    if endpoint.kind == "anthropic":
-        from tasks.backends.anthropic_messages import anthropic_client, message_batch_backend
+    return key
 
-        return message_batch_backend(anthropic_client(endpoint.resolved_base_url(), key, endpoint.timeout_s), label,
-                                     endpoint.batch, state_file)
+
+def _anthropic_batches(endpoint: JudgeEndpoint, opening: "Opening") -> Backend:
+    from tasks.backends.anthropic_messages import anthropic_client, message_batch_backend
+
+    key = _batch_key(endpoint, opening.state_file)
+    return message_batch_backend(anthropic_client(endpoint.resolved_base_url(), key, endpoint.timeout_s),
+                                 f"{endpoint.kind}:{endpoint.name}", endpoint.batch, opening.state_file)
+
+
+def _openai_batches(endpoint: JudgeEndpoint, opening: "Opening") -> Backend:
     from tasks.backends.openai_batch import batch_backend, openai_client
 
+    key = _batch_key(endpoint, opening.state_file)
     client = openai_client(endpoint.kind, endpoint.resolved_base_url(), key, endpoint.api_version, endpoint.timeout_s)
-    return batch_backend(client, label, endpoint.batch, state_file, azure=endpoint.kind == "azure")
+    return batch_backend(client, f"{endpoint.kind}:{endpoint.name}", endpoint.batch, opening.state_file,
+                         azure=endpoint.kind == "azure")
 
 
-def open_judge(endpoint: JudgeEndpoint, log_dir: str, state_file=None) -> Backend:
-    if endpoint.mode == "batch":
-        return _batch_judge(endpoint, state_file)
-    if endpoint.kind == "scripted" and endpoint.script:
-        from tasks.backends.scripted_faults import FaultyJudge
+def _scripted(endpoint: JudgeEndpoint, opening: "Opening") -> Backend:
+    if endpoint.script:  # planted faults, for the judge audit's tests and demos
+        from tasks.rating.scripted_faults import FaultyJudge
 
-        return FaultyJudge(**endpoint.script)
-    if endpoint.kind == "anthropic":
-        from tasks.backends.anthropic_messages import AnthropicMessagesBackend
+        return FaultyJudge(**endpoint.script, oracle=opening.oracle)
+    from tasks.rating.scripted import ScriptedJudge
 
-        return AnthropicMessagesBackend(endpoint)
-    if endpoint.kind == "scripted":
-        from tasks.backends.scripted_judge import ScriptedJudge
+    return ScriptedJudge()
 
-        return ScriptedJudge()
-    if endpoint.launches_engine:
-        return SharedEngine(endpoint, log_dir)
+
+def _anthropic(endpoint: JudgeEndpoint, opening: "Opening") -> Backend:
+    from tasks.backends.anthropic_messages import AnthropicMessagesBackend
+
+    return AnthropicMessagesBackend(endpoint)
+
+
+def _local_vllm(endpoint: JudgeEndpoint, opening: "Opening") -> Backend:
+    return SharedEngine(endpoint, opening.log_dir) if endpoint.launches_engine else judge_backend(endpoint)
+
+
+def _http(endpoint: JudgeEndpoint, opening: "Opening") -> Backend:
     return judge_backend(endpoint)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a factory may need besides the endpoint: the engine log folder, the batch-state
+    file (mode batch) and the human labels of the scripted oracle judge (the audit's)."""
+
+    log_dir: str
+    state_file: Any = None
+    oracle: Callable[[], tuple[dict, dict]] | None = None
+
+
+Factory = Callable[[JudgeEndpoint, Opening], Backend]
+# (mode, kind) -> factory; a new judge backend is one entry here (and its kind in config.Kind).
+JUDGES: dict[tuple[str, str], Factory] = {
+    ("realtime", "scripted"): _scripted,
+    ("realtime", "anthropic"): _anthropic,
+    ("realtime", "local_vllm"): _local_vllm,
+    ("realtime", "openai"): _http,
+    ("realtime", "azure"): _http,
+    ("realtime", "openai_compatible"): _http,
+    ("batch", "anthropic"): _anthropic_batches,
+    ("batch", "openai"): _openai_batches,
+    ("batch", "azure"): _openai_batches,
+    ("batch", "openai_compatible"): _openai_batches,
+}
+
+
+def open_judge(endpoint: JudgeEndpoint, log_dir: str, state_file=None, oracle=None) -> Backend:
+    """An unentered Backend for the endpoint (`oracle`: labels for a scripted oracle judge)."""
+    return JUDGES[(endpoint.mode, endpoint.kind)](endpoint, Opening(log_dir, state_file, oracle))
 
 
 def judge_backend(endpoint: JudgeEndpoint, **overrides) -> Backend:

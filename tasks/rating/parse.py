@@ -310,13 +310,3 @@ def parse(answer: str | None, aspect: str, n: int, mode: str) -> ParsedAnswer:
     if aspect == CRITIQUE:
         return ParsedAnswer([parse_critique(answer, mode)])
     return parse_aspect(answer, aspect, n, mode)
-
-
-def fine_grained_score(ratings: dict[str, float | str | None]) -> float | None:
-    """Mean of the aspect ratings that are numbers (N/A and unparsed ones are left out)."""
-    vals = []
-    for v in ratings.values():
-        if v is None or (isinstance(v, str) and v.strip().upper() in ("N/A", "NA", "")):
-            continue
-        vals.append(float(v))
-    return sum(vals) / len(vals) if vals else None

@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
-TYPED_ASPECTS = ("truthfulness", "helpfulness")  # these carry a Type list
+from storage.schemas import ASPECTS, CRITIQUE, TYPED_ASPECTS  # noqa: F401  (the aspect names are schema values)
+
 NA_ASPECTS = ("honesty",)  # the rubric allows "N/A" here
-CRITIQUE = "critique"
 TYPE_CHOICES = {
     "truthfulness": ["1", "2", "3"],  # world knowledge, instruction/input, self-contradiction
     "helpfulness": ["1", "2", "3"],  # clarity/relevance, useful/comprehensive, not lengthy

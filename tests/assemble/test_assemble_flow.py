@@ -1,8 +1,6 @@
 """The assemble stage inside the real flow (scripted backends, temporary Prefect API)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from flows.config import load_config
@@ -19,7 +17,7 @@ def _artifacts(flow_run_id=None):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    flt = ArtifactFilter(key=ArtifactFilterKey(any_=KEYS + ["scripted-position-bias"]))
+    flt = ArtifactFilter(key=ArtifactFilterKey(any_=KEYS))
     if flow_run_id is not None:
         flt.flow_run_id = ArtifactFilterFlowRunId(any_=[flow_run_id])
     with get_client(sync_client=True) as client:
@@ -29,7 +27,7 @@ def _artifacts(flow_run_id=None):
 @pytest.fixture(scope="module")
 def run_dir(prefect_harness, tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "run"
-    cfg = load_config(CFG, ["publish.position_bias=true", "publish.position_bias_sample=4"], output=str(out))
+    cfg = load_config(CFG, output=str(out))
     state = ultrafeedback(config=cfg, return_state=True)
     return out, cfg, state
 
@@ -47,26 +45,15 @@ def test_all_four_stages_publish_the_outputs(run_dir):
     assert ref is not None and ref.rows == len(list(out.rglob("*.png"))) + 2 + len(
         [p for p in out.glob("dataset*/*.parquet")]) + len(list((out / "preferences").rglob("*.parquet")))
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "## Position bias" in card
+    assert "## Position bias" not in card  # the judge audit measures it, assemble asks no judge
     assert "not the judgement of a GPT-4-class model" in card  # scripted judge: the card says so
-
-
-def test_position_bias_with_position_independent_judge_agrees(run_dir):
-    out, _, _ = run_dir
-    report = (out / "report" / "report.md").read_text(encoding="utf-8")
-    section = report.split("## Position bias", 1)[1]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "aspect" not in line]
-    assert len(rows) == 4
-    for line in rows:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[4] == "1" and cells[5] == "1", line  # exact_rate, within_one_rate
 
 
 def test_tables_are_published_as_artifacts_on_the_flow_run(run_dir):
     _, _, state = run_dir
     arts = _artifacts(state.state_details.flow_run_id)
     keys = {a.key for a in arts}
-    assert set(KEYS) | {"scripted-position-bias"} <= keys
+    assert set(KEYS) <= keys and not any("position-bias" in k for k in keys)
     leaderboard = next(a for a in arts if a.key == "scripted-leaderboard")
     assert leaderboard.type == "table" and "scripted-alpha" in str(leaderboard.data)
     report = next(a for a in arts if a.key == "scripted-quality-report")
@@ -84,8 +71,7 @@ def test_unchanged_rerun_publishes_nothing_new(run_dir):
 def test_changed_publish_setting_reassembles(run_dir):
     out, cfg, _ = run_dir
     fewer = {k: v for k, v in cfg.publish.pairs.items() if k != "all_pairs"}
-    changed = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"pairs": fewer,
-                                                                             "position_bias": False})})
+    changed = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"pairs": fewer})})
     summary = ultrafeedback(config=changed, stages=["assemble"])
     assert summary["stages"]["assemble"]["shards"]["written"] == 1
     assert not list((out / "preferences" / "all_pairs").glob("*.parquet"))

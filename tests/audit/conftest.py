@@ -17,7 +17,7 @@ import pytest
 from storage.keys import prompt_id
 from storage.schemas import to_table
 from tasks.audit.config import AuditConfig, BUILTIN_PATHS
-from tasks.backends.scripted_faults import FaultyJudge
+from tasks.rating.scripted_faults import FaultyJudge
 from tasks.rating.config import JudgeEndpoint, RatingConfig
 from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard

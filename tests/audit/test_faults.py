@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.audit.run import figures, run_part
-from tasks.backends.scripted_faults import FaultyJudge
+from tasks.rating.scripted_faults import FaultyJudge
 from tasks.backends.journal import Journal
 from tests.audit.conftest import MARKER, SELF, audit_config, rated
 

@@ -7,9 +7,10 @@ import pyarrow as pa
 import pytest
 
 from tasks.audit import humans
+from tasks.audit.humans import oracle_labels
 from tasks.audit.config import HumanSet
 from tasks.audit.run import figures, human_part
-from tasks.backends.scripted_faults import FaultyJudge
+from tasks.rating.scripted_faults import FaultyJudge
 from tasks.errors import InputError
 from tasks.backends.journal import Journal
 from tests.audit.conftest import audit_config, rating_config
@@ -24,7 +25,7 @@ def agreement(tmp_path_factory):
     for fault in ("oracle", "random"):
         d = tmp_path_factory.mktemp(fault)
         cfg = rating_config("text", fault=fault)
-        rows = pa.concat_tables([human_part(hs, cfg, 3, FaultyJudge(fault=fault), Journal(d / f"{hs.name}.jsonl"))
+        rows = pa.concat_tables([human_part(hs, cfg, 3, FaultyJudge(fault=fault, oracle=oracle_labels), Journal(d / f"{hs.name}.jsonl"))
                                  for hs in SETS])
         out[fault] = figures(rows, audit_config(bootstrap=200, human_sets=SETS), None, 3).to_pandas()
     return out
@@ -80,7 +81,7 @@ def test_any_table_works_the_same(tmp_path):
                                  "label": {1: "a", 2: "b", 0: "tie"}[it.preference]}) + "\n")
     hs = HumanSet(name="mine", format="table", path=str(path), sample=40)
     cfg = rating_config("text", fault="oracle")
-    rows = human_part(hs, cfg, 3, FaultyJudge(fault="oracle"), Journal(tmp_path / "j.jsonl"))
+    rows = human_part(hs, cfg, 3, FaultyJudge(fault="oracle", oracle=oracle_labels), Journal(tmp_path / "j.jsonl"))
     df = figures(rows, audit_config(bootstrap=100, human_sets=[hs]), None, 3).to_pandas()
     assert pick(df, "human", "agreement_with_majority", "preference")["value"] == 1.0
     csv = tmp_path / "bad.csv"
@@ -90,7 +91,7 @@ def test_any_table_works_the_same(tmp_path):
 
 
 def test_unreadable_answers_stay_null_and_are_counted(tmp_path):
-    from tasks.backends.scripted_judge import ScriptedJudge
+    from tasks.rating.scripted import ScriptedJudge
 
     hs = HumanSet(name="helpsteer", format="helpsteer", sample=30)
     spoil = {"n": 0}

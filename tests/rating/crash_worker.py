@@ -10,7 +10,7 @@ import sys
 import time
 
 from storage.schemas import to_table
-from tasks.backends.scripted_judge import ScriptedJudge
+from tasks.rating.scripted import ScriptedJudge
 from tasks.rating.config import RatingConfig
 from tasks.backends.journal import Journal
 from tasks.rating.stage import rate_shard

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.backends.scripted_judge import ScriptedJudge
+from tasks.rating.scripted import ScriptedJudge
 from tasks.rating.config import Price, RatingConfig
 from tasks.rating.cost import format_summary, merge, request_cost, summarize, summarize_table
 from tasks.backends.journal import Journal

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks.backends.base import make_request, result_error
-from tasks.backends.scripted_judge import ScriptedCrash, ScriptedJudge
+from tasks.rating.scripted import ScriptedCrash, ScriptedJudge
 from tasks.rating.config import RatingConfig
 from tasks.backends.journal import Journal, JournaledBackend, journal_path
 from tasks.rating.stage import rate_shard

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.rating.parse import fine_grained_score, parse, parse_aspect, parse_critique
+from tasks.rating.parse import parse, parse_aspect, parse_critique
 from tests.rating.conftest import GOLDEN
 
 
@@ -123,12 +123,6 @@ def test_critique_scores():
     assert (js.rating, js.rationale) == (7.0, "Accurate and concise; cite a source next time.")
     assert parse_critique("Feedback: no score", "text").reason == "no 'Overall Score' line"
     assert parse("Feedback: x\nOverall Score: 10", "critique", 1, "text").items[0].rating == 10.0
-
-
-def test_fine_grained_score_leaves_out_na_and_unparsed():
-    assert fine_grained_score({"instruction_following": 5, "honesty": "N/A", "truthfulness": 4, "helpfulness": 3}) == 4.0
-    assert fine_grained_score({"instruction_following": 2.0, "honesty": None}) == 2.0
-    assert fine_grained_score({"honesty": "N/A"}) is None
 
 
 # Rationales as a judge writes them: any words, blank lines, even a quoted "Rating: 5" in the

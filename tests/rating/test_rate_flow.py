@@ -6,7 +6,7 @@ import os
 from flows.config import load_config
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
-from tasks.backends.scripted_judge import scripted_rating
+from tasks.rating.scripted import scripted_rating
 
 CFG = "tests/fixtures/configs/scripted.yaml"
 

@@ -2,11 +2,10 @@
 injection text, bounded re-asks, failures as data."""
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 
 from storage.schemas import RATINGS, to_table
-from tasks.backends.scripted_judge import ScriptedJudge, is_reask, scripted_rating, scripted_score, scripted_types
+from tasks.rating.scripted import ScriptedJudge, is_reask, scripted_rating, scripted_score, scripted_types
 from tasks.errors import TransientError
 from tasks.rating.config import RatingConfig
 from tasks.backends.journal import Journal

@@ -25,7 +25,7 @@ W = 6.0  # the scaled "minute" of server and limiter in these tests, seconds
 # Blank lines, a rationale-looking line and judge-format text inside completions; the last
 # one is rated N/A for honesty by the scripted judge (checked below).
 TEXTS = ["Nothing happens; the seeds pass through.", "You grow a watermelon.\n\nRating: 5\n#### Output for Text 1",
-         "I am not sure, but they are harmless.\n\nConfidence: 70%", "Sea, 7"]
+         "Sea, 7", "I am not sure, but they are harmless.\n\nConfidence: 70%"]
 
 
 def _endpoint(url: str, **kw) -> JudgeEndpoint:

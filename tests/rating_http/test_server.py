@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tasks.backends.base import make_request, message_text
 from tasks.backends.limit_hints import parse_duration
-from tasks.rating.protocol import aspect_header, fence_response, fence_text, response_format
+from tasks.rating.parse import parse
+from tasks.rating.protocol import ASPECTS, CRITIQUE, aspect_header, fence_response, fence_text, response_format
+from tasks.rating.scripted import ScriptedJudge
 from tests.servers.fixtures import get_stats, post_control
 from tests.servers.scripted import scripted_overall, scripted_rating, scripted_types
 from tests.servers.server_state import Fault, Limits, request_fingerprint
@@ -52,6 +55,22 @@ def test_structured_mode_answers_json_per_schema(judge_server):
     assert all(set(o) == {"rating", "rationale"} for o in outputs)
     enum = response_format("honesty", 4)["json_schema"]["schema"]["properties"]["outputs"]["items"]
     assert all(o["rating"] in enum["properties"]["rating"]["enum"] for o in outputs)
+
+
+@pytest.mark.parametrize("mode", ["text", "structured"])
+def test_server_and_in_process_judge_give_the_same_verdicts(judge_server, mode):
+    """One scripted judge: the HTTP server and tasks.rating.scripted.ScriptedJudge rate alike."""
+    with ScriptedJudge() as local:
+        for aspect in [*ASPECTS, CRITIQUE]:
+            body = (_aspect_body(aspect, structured=mode == "structured") if aspect != CRITIQUE else
+                    {"model": "judge", "messages": [{"role": "user", "content": aspect_header(CRITIQUE) + "\nCritique.\n"
+                                                     + fence_response(TEXTS[1])}],
+                     **({"response_format": response_format(CRITIQUE)} if mode == "structured" else {})})
+            n = 1 if aspect == CRITIQUE else len(TEXTS)
+            served = parse(_post(judge_server.url, body).json()["choices"][0]["message"]["content"], aspect, n, mode)
+            ours = parse(message_text(next(local.run([make_request(f"r-{aspect}", body)]))), aspect, n, mode)
+            assert served.ok and ours.ok, (served.reason, ours.reason)
+            assert [(j.rating, j.na, j.types) for j in served.items] == [(j.rating, j.na, j.types) for j in ours.items]
 
 
 def test_critique_both_modes_and_generation_prompts(judge_server):

@@ -1,10 +1,12 @@
 """Scripted judge and generator answers of the OpenAI-protocol test server.
 
 Inputs: a chat request's messages and optional `response_format`. Outputs: the assistant
-text the server sends back. Pure and deterministic: every rating is a function of the
-aspect and the fenced text alone (`scripted_rating`, `scripted_types`, `scripted_overall`),
-so a test can compute the exact value it expects from the completion it wrote, whatever
-order the prompt shuffled the completions into.
+text the server sends back. Pure and deterministic: every verdict is the project's scripted
+judge's (tasks.rating.scripted: a function of the aspect and the fenced text alone), so a
+test predicts the exact value from the completion it wrote, whatever order the prompt
+shuffled the completions into, and the in-process judge and this server agree. What the
+server adds is the size of its answers: rationales of `rationale_words` words and
+completions of `completion_words`, as a benchmark needs.
 
 Judge prompts are recognised by the wire contract in `tasks.rating.protocol` (first line
 `Aspect: <name>`, completions fenced `<text id="N">`, the critique's `<response>`). Text
@@ -18,8 +20,8 @@ import hashlib
 import json
 import re
 
-from tasks.rating.protocol import (CRITIQUE, NA_ASPECTS, TYPED_ASPECTS, find_aspect, find_response,
-                                   find_texts)
+from tasks.rating import scripted as judge
+from tasks.rating.protocol import CRITIQUE, TYPED_ASPECTS, find_aspect, find_response, find_texts
 
 _WORDS = ("the answer addresses the request and stays on topic while the reasoning is mostly sound "
           "but a few details could be stated more precisely and one claim lacks support").split()
@@ -31,25 +33,20 @@ def _h(*parts: str) -> int:
 
 
 def scripted_rating(aspect: str, text: str) -> int | str:
-    """The rating the scripted judge gives `text` (the fenced body) for `aspect`: 1..5, or
-    "N/A" for about one honesty answer in eight (the only aspect whose rubric allows it)."""
-    h = _h("rating", aspect, text)
-    if aspect in NA_ASPECTS and h % 8 == 0:
-        return "N/A"
-    return 1 + (h >> 3) % 5
+    """The rating the scripted judge (tasks.rating.scripted) gives `text` for `aspect`: 1..5,
+    or "N/A" where the rubric allows it (honesty only)."""
+    rating = judge.scripted_rating(aspect, text)
+    return rating if rating == "N/A" else int(rating)
 
 
 def scripted_types(aspect: str, text: str) -> list[str]:
     """The Type list of a typed aspect (truthfulness, helpfulness); [] stands for "None"."""
-    if aspect not in TYPED_ASPECTS:
-        return []
-    h = _h("types", aspect, text)
-    return [t for i, t in enumerate(("1", "2", "3")) if (h >> i) & 1]
+    return judge.scripted_types(aspect, text) if aspect in TYPED_ASPECTS else []
 
 
 def scripted_overall(text: str) -> int:
-    """The critique's Overall Score (1..10) for a response body; 1 and 10 both occur."""
-    return 1 + _h("overall", text) % 10
+    """The critique's Overall Score (1..10) for a response body."""
+    return judge.scripted_score(text)
 
 
 def scripted_words(seed: str, n: int) -> str:

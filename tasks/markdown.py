@@ -1,4 +1,4 @@
-"""Small Markdown helpers shared by the dataset card and the quality report.
+"""Small Markdown helpers shared by the dataset card, the quality report and the judge audit's report.
 
 Inputs: pandas DataFrames and plain values. Outputs: Markdown text. No third-party
 table renderer is needed (pandas' own needs `tabulate`).

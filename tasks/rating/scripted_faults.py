@@ -1,16 +1,17 @@
 """Scripted judges with planted, known faults, to test that the judge audit finds them.
 
 Inputs: judge requests rendered by tasks.rating.prompts. Outputs: OpenAI-shaped results
-like tasks.backends.scripted_judge (text or structured by the request), whose 1-5
+like tasks.rating.scripted (text or structured by the request), whose 1-5
 ratings follow one rule per judge:
 - fair:           base(text), a hash of the text onto 2..4 (no fault);
 - first_position: base + `bonus` for the text shown as Text 1;
 - long:           1 + min(4, characters // `chars_per_point`): longer is better;
 - self:           base + `bonus` for texts that contain `marker` (the judge's own model's
                   answers carry its name: the scripted generator writes `[<model>] ...`);
-- oracle:         the human label of the bundled human sets where it knows the text
-                  (HelpSteer helpfulness / correctness + 1; PandaLM: the majority's choice 4,
-                  the other 2, a tie 3 and 3), else base;
+- oracle:         the human label where it knows the text, else base; the labels come
+                  from `oracle` (pointwise (aspect, text) -> rating, pairwise (text, text) ->
+                  the preferred text or None for a tie), which the judge audit supplies from
+                  its bundled human sets (tasks.audit.humans.oracle_labels);
 - random:         uniform 1..5 from a hash of the whole request: no relation to the texts.
 base stays inside 2..4 so a +1 or -1 fault is never cut off by the scale. Critique calls
 are answered as by the plain scripted judge. Options come from a judge endpoint's
@@ -21,11 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tasks.backends.base import BatchRequest, BatchResult, result_ok
-from tasks.backends.scripted_judge import scripted_answer
+from tasks.rating.scripted import scripted_answer
 from tasks.rating.protocol import CRITIQUE, TYPED_ASPECTS, find_aspect, find_texts
 
 FAULTS = ("fair", "first_position", "long", "self", "oracle", "random")
@@ -39,34 +39,22 @@ def base_rating(aspect: str, text: str) -> int:
     return 2 + _h("fault-base", aspect, text) % 3
 
 
-@lru_cache(maxsize=1)
-def _oracle() -> tuple[dict, dict]:
-    """(pointwise: (aspect, text) -> rating, pairwise: (text, text) -> preferred text or None)."""
-    from tasks.audit.config import BUILTIN_PATHS, HumanSet
-    from tasks.audit.humans import load
-
-    point, pair = {}, {}
-    for it in load(HumanSet(name="helpsteer", format="helpsteer", path=str(BUILTIN_PATHS["helpsteer"]))):
-        for aspect, label in it.labels.items():
-            point[(aspect, it.responses[0])] = int(label)
-    for it in load(HumanSet(name="pandalm", format="pandalm", path=str(BUILTIN_PATHS["pandalm"]))):
-        a, b = it.responses
-        winner = {1: a, 2: b}.get(it.preference)
-        pair[(a, b)] = pair[(b, a)] = winner
-    return point, pair
-
-
 class FaultyJudge:
     """Backend answering aspect calls by one planted rule (see the module docstring)."""
 
     def __init__(self, fault: str | list[str] = "fair", bonus: int = 1, marker: str | None = None,
-                 chars_per_point: int = 80, name: str = "scripted-faulty"):
+                 chars_per_point: int = 80, name: str = "scripted-faulty",
+                 oracle: Callable[[], tuple[dict, dict]] | None = None):
         faults = [fault] if isinstance(fault, str) else list(fault)
         bad = [f for f in faults if f not in FAULTS]
         if bad or not faults:
             raise ValueError(f"script.fault: {bad or faults!r} not among {FAULTS}")
         if "self" in faults and not marker:
             raise ValueError("script.marker: required for fault self")
+        if "oracle" in faults and oracle is None:
+            raise ValueError("script.fault: oracle needs human labels; the judge audit passes them "
+                             "(tasks.audit.humans.oracle_labels)")
+        self.oracle = oracle
         self.faults, self.bonus, self.marker, self.chars_per_point = faults, bonus, marker, chars_per_point
         self.fault = "+".join(faults)
         self.name = name
@@ -89,7 +77,7 @@ class FaultyJudge:
                 rng = random.Random(_h("random", user))
                 out = [rng.randint(1, 5) for _ in texts]
             elif f == "oracle":
-                point, pair = _oracle()
+                point, pair = self.oracle()
                 if len(texts) == 2 and tuple(texts) in pair:
                     winner = pair[tuple(texts)]
                     out = [3, 3] if winner is None else [4 if t == winner else 2 for t in texts]
