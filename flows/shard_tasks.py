@@ -56,6 +56,27 @@ class ShardOutcome:
                 f"{c['cached']} cached, {c['failed']} failed{held})")
 
 
+@dataclass
+class StageInFlight:
+    """A stage whose shard tasks are submitted and not yet collected: the next stage can
+    chain its own tasks on them (`collect(on_done)`); `finish` turns the outcome into the
+    stage's result. Collected once; later calls return the same result."""
+    submitted: Submitted
+    finish: Callable[[ShardOutcome], Any]
+    detail: Callable[[ShardOutcome], str] | None = None
+    _result: Any = None
+
+    def collect(self, on_done: Callable[[ShardJob, dict], None] | None = None):
+        if self._result is None:
+            self._result = self.finish(collect_shard_tasks(self.submitted, self.detail, on_done))
+        return self._result
+
+
+def settled(stage):
+    """A stage's result: collected first if it is still in flight (None stays None)."""
+    return stage.collect() if isinstance(stage, StageInFlight) else stage
+
+
 def key_from_param(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cache key = the task's name + its `key` parameter (inputs' hashes, config, code)."""
     return f"{context.task.name}:{parameters['key']}"
@@ -79,37 +100,89 @@ def transient_only(task, task_run, state) -> bool:
     return False
 
 
+@dataclass
+class Submitted:
+    """A stage's shard tasks in flight: what `collect_shard_tasks` waits for."""
+    stage: str
+    store: ShardStore
+    task: Task
+    faults: dict
+    jobs: list[ShardJob] = field(default_factory=list)  # submitted, in submission order
+    futures: list = field(default_factory=list)
+    held: int | None = None  # jobs `only` left out (None: no `only`)
+
+    def submit(self, job: ShardJob, wait_for: list | None = None, refresh: bool = False):
+        """Submit one job (after `wait_for`, Prefect futures that must end first); its future."""
+        exc = fault_for(self.stage, job.shard_id, self.faults)
+        t = failing_stand_in(self.task, exc) if exc else self.task.with_options(refresh_cache=True) \
+            if refresh else self.task
+        fut = t.submit(**job.args, key=job.key, wait_for=wait_for or None)
+        if not refresh:
+            self.jobs.append(job)
+            self.futures.append(fut)
+        return fut
+
+
+def chosen_jobs(stage: str, store: ShardStore, jobs: list[ShardJob], only: Iterable[str] | None) -> list[ShardJob]:
+    """The jobs to submit: all, or with `only` those chosen plus those finished for their key."""
+    if only is None:
+        return list(jobs)
+    chosen = set(only)
+    return [j for j in jobs if j.shard_id in chosen or store.done_with_key(stage, j.shard_id, j.key) is not None]
+
+
+def start_shard_tasks(stage: str, store: ShardStore, task: Task, plan: dict[str, str]) -> Submitted:
+    """Write the stage's plan and an empty `Submitted` to submit jobs into as their inputs finish."""
+    store.write_plan(stage, plan)
+    return Submitted(stage, store, task.with_options(result_storage=result_storage(store)), requested_faults())
+
+
+def submit_shard_tasks(stage: str, store: ShardStore, jobs: list[ShardJob], task: Task,
+                       only: Iterable[str] | None = None,
+                       wait_for: Callable[[ShardJob], list] | None = None) -> Submitted:
+    """Plan and submit one task per job, all at once (`wait_for(job)`: the futures it waits on)."""
+    sub = start_shard_tasks(stage, store, task, {j.shard_id: j.key for j in jobs})
+    run = chosen_jobs(stage, store, jobs, only)
+    sub.held = None if only is None else len(jobs) - len(run)
+    for job in run:  # all at once: the task runner runs them side by side (after their wait_for)
+        sub.submit(job, wait_for(job) if wait_for else None)
+    return sub
+
+
+def collect_shard_tasks(sub: Submitted, detail: Callable[[ShardOutcome], str] | None = None,
+                        on_done: Callable[[ShardJob, dict], None] | None = None) -> ShardOutcome:
+    """Wait for every submitted task, in the order they finish, and count them (see the module
+    docstring); `on_done(job, output)` is called as each shard finishes, so the next stage's
+    task of that shard can start at once. Logs one line, the counts plus `detail(outcome)`."""
+    from prefect.futures import as_completed
+
+    from flows.progress import track
+
+    outcome = ShardOutcome([], {"written": 0, "kept": 0, "cached": 0, "failed": 0})
+    if sub.held is not None:
+        outcome.counts["held"] = sub.held
+    job_of = {id(f): j for j, f in zip(sub.jobs, sub.futures)}
+    progress = track(sub.stage, len(sub.jobs))
+    for i, fut in enumerate(as_completed(sub.futures)):
+        if i:
+            progress.update(outcome.counts)
+        job = job_of[id(fut)]
+        _collect_one(sub.stage, sub.store, job, fut, outcome, lambda: sub.submit(job, refresh=True))
+        if on_done is not None and job.shard_id in outcome.outputs:
+            on_done(job, outcome.outputs[job.shard_id])
+    order = {j.shard_id: i for i, j in enumerate(sub.jobs)}
+    outcome.refs.sort(key=lambda r: order[r.shard_id])  # plan order, whatever order they finished in
+    progress.finish(outcome.counts)
+    logger().info("%s%s", outcome.line(sub.stage), f", {detail(outcome)}" if detail else "")
+    return outcome
+
+
 def run_shard_tasks(stage: str, store: ShardStore, jobs: list[ShardJob], task: Task,
                     only: Iterable[str] | None = None,
                     detail: Callable[[ShardOutcome], str] | None = None) -> ShardOutcome:
     """Run one task per job and collect them (see the module docstring); logs one line,
     the counts plus `detail(outcome)`."""
-    from flows.progress import track
-
-    store.write_plan(stage, {j.shard_id: j.key for j in jobs})
-    task = task.with_options(result_storage=result_storage(store))
-    faults = requested_faults()
-
-    def submit(job: ShardJob, refresh: bool = False):
-        exc = fault_for(stage, job.shard_id, faults)
-        t = failing_stand_in(task, exc) if exc else task.with_options(refresh_cache=True) if refresh else task
-        return t.submit(**job.args, key=job.key)
-
-    outcome = ShardOutcome([], {"written": 0, "kept": 0, "cached": 0, "failed": 0})
-    run = jobs
-    if only is not None:
-        chosen = set(only)
-        run = [j for j in jobs if j.shard_id in chosen or store.done_with_key(stage, j.shard_id, j.key) is not None]
-        outcome.counts["held"] = len(jobs) - len(run)
-    futures = [submit(j) for j in run]  # all at once: the task runner runs them side by side
-    progress = track(stage, len(run))
-    for i, (job, fut) in enumerate(zip(run, futures)):
-        if i:
-            progress.update(outcome.counts)
-        _collect_one(stage, store, job, fut, outcome, lambda: submit(job, refresh=True))
-    progress.finish(outcome.counts)
-    logger().info("%s%s", outcome.line(stage), f", {detail(outcome)}" if detail else "")
-    return outcome
+    return collect_shard_tasks(submit_shard_tasks(stage, store, jobs, task, only), detail)
 
 
 def _collect_one(stage: str, store: ShardStore, job: ShardJob, fut, outcome: ShardOutcome, resubmit=None) -> None:
