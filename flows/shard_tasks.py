@@ -58,17 +58,17 @@ class ShardOutcome:
 
 @dataclass
 class StageInFlight:
-    """A stage whose shard tasks are submitted and not yet collected: the next stage can
-    chain its own tasks on them (`collect(on_done)`); `finish` turns the outcome into the
-    stage's result. Collected once; later calls return the same result."""
-    submitted: Submitted
-    finish: Callable[[ShardOutcome], Any]
-    detail: Callable[[ShardOutcome], str] | None = None
+    """A stage whose shard tasks are running or about to: the next stage can chain its own
+    tasks on them. `collect(on_done)` waits for the stage, calling `on_done(job, output)` as
+    each of its shards finishes, and returns the stage's result; `jobs` are the shard jobs it
+    will run. Collected once; later calls return the same result."""
+    jobs: list[ShardJob]
+    run: Callable[[Callable[[ShardJob, dict], None] | None], Any]
     _result: Any = None
 
     def collect(self, on_done: Callable[[ShardJob, dict], None] | None = None):
         if self._result is None:
-            self._result = self.finish(collect_shard_tasks(self.submitted, self.detail, on_done))
+            self._result = self.run(on_done)
         return self._result
 
 
@@ -110,6 +110,7 @@ class Submitted:
     jobs: list[ShardJob] = field(default_factory=list)  # submitted, in submission order
     futures: list = field(default_factory=list)
     held: int | None = None  # jobs `only` left out (None: no `only`)
+    order: list[str] = field(default_factory=list)  # the plan's shard ids, in plan order
 
     def submit(self, job: ShardJob, wait_for: list | None = None, refresh: bool = False):
         """Submit one job (after `wait_for`, Prefect futures that must end first); its future."""
@@ -134,7 +135,8 @@ def chosen_jobs(stage: str, store: ShardStore, jobs: list[ShardJob], only: Itera
 def start_shard_tasks(stage: str, store: ShardStore, task: Task, plan: dict[str, str]) -> Submitted:
     """Write the stage's plan and an empty `Submitted` to submit jobs into as their inputs finish."""
     store.write_plan(stage, plan)
-    return Submitted(stage, store, task.with_options(result_storage=result_storage(store)), requested_faults())
+    return Submitted(stage, store, task.with_options(result_storage=result_storage(store)), requested_faults(),
+                     order=list(plan))
 
 
 def submit_shard_tasks(stage: str, store: ShardStore, jobs: list[ShardJob], task: Task,
@@ -149,32 +151,54 @@ def submit_shard_tasks(stage: str, store: ShardStore, jobs: list[ShardJob], task
     return sub
 
 
+class Collector:
+    """Collects a stage's shard tasks into one `ShardOutcome`, a batch at a time as they are
+    submitted (`add`), then `finish`es it: plan order, the progress artifact, one log line."""
+
+    def __init__(self, sub: Submitted, total: int):
+        from flows.progress import track
+
+        self.sub = sub
+        self.outcome = ShardOutcome([], {"written": 0, "kept": 0, "cached": 0, "failed": 0})
+        if sub.held is not None:
+            self.outcome.counts["held"] = sub.held
+        self.progress = track(sub.stage, total)
+        self._seen = 0
+
+    def add(self, pairs: list[tuple[ShardJob, Any]], on_done: Callable[[ShardJob, dict], None] | None = None) -> None:
+        """Wait for these (job, future) pairs in the order they finish; `on_done(job, output)`
+        for each finished shard, so the next stage's task of that shard can start at once."""
+        from prefect.futures import as_completed
+
+        job_of = {id(f): j for j, f in pairs}
+        for fut in as_completed([f for _, f in pairs]):
+            if self._seen:
+                self.progress.update(self.outcome.counts)
+            self._seen += 1
+            job = job_of[id(fut)]
+            _collect_one(self.sub.stage, self.sub.store, job, fut, self.outcome,
+                         lambda: self.sub.submit(job, refresh=True))
+            if on_done is not None and job.shard_id in self.outcome.outputs:
+                on_done(job, self.outcome.outputs[job.shard_id])
+
+    def finish(self, detail: Callable[[ShardOutcome], str] | None = None) -> ShardOutcome:
+        out = self.outcome
+        if self.sub.held is not None:
+            out.counts["held"] = self.sub.held
+        order = {s: i for i, s in enumerate(self.sub.order)}
+        out.refs.sort(key=lambda r: order.get(r.shard_id, len(order)))  # plan order, whatever order they finished in
+        self.progress.finish(out.counts)
+        logger().info("%s%s", out.line(self.sub.stage), f", {detail(out)}" if detail else "")
+        return out
+
+
 def collect_shard_tasks(sub: Submitted, detail: Callable[[ShardOutcome], str] | None = None,
                         on_done: Callable[[ShardJob, dict], None] | None = None) -> ShardOutcome:
     """Wait for every submitted task, in the order they finish, and count them (see the module
-    docstring); `on_done(job, output)` is called as each shard finishes, so the next stage's
-    task of that shard can start at once. Logs one line, the counts plus `detail(outcome)`."""
-    from prefect.futures import as_completed
-
-    from flows.progress import track
-
-    outcome = ShardOutcome([], {"written": 0, "kept": 0, "cached": 0, "failed": 0})
-    if sub.held is not None:
-        outcome.counts["held"] = sub.held
-    job_of = {id(f): j for j, f in zip(sub.jobs, sub.futures)}
-    progress = track(sub.stage, len(sub.jobs))
-    for i, fut in enumerate(as_completed(sub.futures)):
-        if i:
-            progress.update(outcome.counts)
-        job = job_of[id(fut)]
-        _collect_one(sub.stage, sub.store, job, fut, outcome, lambda: sub.submit(job, refresh=True))
-        if on_done is not None and job.shard_id in outcome.outputs:
-            on_done(job, outcome.outputs[job.shard_id])
-    order = {j.shard_id: i for i, j in enumerate(sub.jobs)}
-    outcome.refs.sort(key=lambda r: order[r.shard_id])  # plan order, whatever order they finished in
-    progress.finish(outcome.counts)
-    logger().info("%s%s", outcome.line(sub.stage), f", {detail(outcome)}" if detail else "")
-    return outcome
+    docstring and `Collector.add`). Logs one line, the counts plus `detail(outcome)`."""
+    collector = Collector(sub, len(sub.jobs))
+    collector.add(list(zip(sub.jobs, sub.futures)), on_done)
+    return collector.finish(detail)
 
 
 def run_shard_tasks(stage: str, store: ShardStore, jobs: list[ShardJob], task: Task,

@@ -30,8 +30,8 @@ from contextlib import nullcontext
 from prefect import allow_failure, task
 
 from flows.common import StageResult, logger
-from flows.shard_tasks import (ShardJob, ShardOutcome, StageInFlight, chosen_jobs, key_from_param,
-                               start_shard_tasks, transient_only)
+from flows.shard_tasks import (Collector, ShardJob, StageInFlight, chosen_jobs, key_from_param, start_shard_tasks,
+                               transient_only)
 from storage.shards import ShardRef, ShardStore
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
 from tasks.generation.schedule import Plan
@@ -122,33 +122,34 @@ def _engine_outcomes(futures: list) -> list[dict]:
     return engines
 
 
-def _engines_by_shard(cfg, store: ShardStore, groups: list[EngineGroup], refs: list[ShardRef],
-                      futures: dict[str, object]) -> dict[str, list]:
-    """Per instruction shard, the futures of the engines that have requests for it (from the
-    shard's draws, cached for the engines and the merge, which read them again)."""
+def _engines_by_shard(cfg, store: ShardStore, groups: list[EngineGroup], refs: list[ShardRef]) -> dict[str, set]:
+    """Per instruction shard, the engines that have requests for it (from the shard's draws,
+    cached for the engines and the merge, which read them again)."""
     from tasks.generation.stage import _PLANS, _Plans
 
     engine_of = {e.name: g.engine_id for g in groups for e in g.entries}
     rows = rows_by_source(cfg)
-    out = {}
-    for ref in refs:
-        planned = _PLANS.get(store, ref, cfg.generation, cfg.seed, rows, _Plans.key(ref, cfg.generation, cfg.seed, rows))
-        serving = dict.fromkeys(engine_of[p.model] for p in planned)
-        out[ref.shard_id] = [allow_failure(futures[e]) for e in serving if e in futures]
-    return out
+    return {ref.shard_id: {engine_of[p.model] for p in _PLANS.get(store, ref, cfg.generation, cfg.seed, rows,
+                                                                  _Plans.key(ref, cfg.generation, cfg.seed, rows))}
+            for ref in refs}
 
 
 def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[str] | None = None) -> StageInFlight:
     """Completion shards for the finished instruction shards (with `only`, just those ids), in flight.
 
-    Engines and merges are submitted at once; the merge of a shard waits (`wait_for`) only
-    for the engines that have requests for it, a failed engine failing just the shards it
-    serves. `collect(on_done)` (or `settled`) waits for them; `on_done(job, output)` is
-    called as each shard is merged, which is how the rate stage starts behind generation.
+    The engines are submitted now. `collect(on_done)` (or `settled`) submits each shard's
+    merge as soon as the engines that have requests for it are done (its `wait_for`), a
+    failed engine failing only the shards it serves, and calls `on_done(job, output)` as
+    each shard is merged: that is how the rate stage starts behind generation. A merge is
+    submitted when its engines end rather than at once with `wait_for` alone, because a
+    task waiting for its `wait_for` holds a thread of the bounded thread pool: merges
+    waiting for a slow engine would take every thread from the merges that could run.
     Limit: an engine task ends when its last shard is written, so a shard waits for every
-    engine it drew, whole; with a pool where every shard draws every model (k = pool size)
-    merges start only after the last engine.
+    engine it drew, whole; in a pool where every shard draws every model (k = pool size)
+    no merge starts before the last engine ends.
     """
+    from prefect.futures import as_completed
+
     instr_refs = sorted(instructions.refs, key=lambda r: r.shard_id)
     rows = rows_by_source(cfg)
     jobs = [ShardJob(r.shard_id, merge_key(r, cfg.generation, cfg.seed, rows), {"cfg": cfg, "instr": r})
@@ -161,18 +162,32 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     plan = plan_for_pool(cfg.generation, groups, sum(r.rows for r in instr_refs))
     logger().info("%s", plan.render())
     engine_futures = _submit_engines(cfg, groups, wanted, plan)
-    serving = _engines_by_shard(cfg, store, groups, wanted, dict(zip(plan.order(), engine_futures)))
+    future_of = dict(zip(plan.order(), engine_futures))
+    serving = _engines_by_shard(cfg, store, groups, wanted)
     run = chosen_jobs(STAGE, store, jobs, only)
     merges.held = None if only is None else len(jobs) - len(run)
-    for job in run:
-        merges.submit(job, serving.get(job.shard_id))
 
-    def finish(done: ShardOutcome) -> StageResult:
+    def collect(on_done) -> StageResult:
+        collector, left, ended = Collector(merges, len(run)), list(run), set()
+
+        def merge_ready() -> None:
+            nonlocal left
+            ready = [j for j in left if serving.get(j.shard_id, set()) <= ended]
+            left = [j for j in left if j not in ready]
+            collector.add([(j, merges.submit(j, [allow_failure(future_of[e]) for e in serving.get(j.shard_id, ())]))
+                           for j in ready], on_done)
+
+        merge_ready()  # shards that need no engine (finished parts, or held back)
+        engine_id = {id(f): e for e, f in future_of.items()}
+        for fut in as_completed(engine_futures):
+            ended.add(engine_id[id(fut)])
+            merge_ready()
         engines = _engine_outcomes(engine_futures)
+        done = collector.finish(lambda o: f"{sum(r.rows for r in o.refs)} completions")
         summary = {"shards": done.counts, "completions": sum(r.rows for r in done.refs),
                    "failed_requests_this_run": sum(e.get("failed_requests", 0) for e in engines),
                    "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
                    "engines": engines, "schedule": plan.to_dict()}
         return StageResult(STAGE, done.refs, summary, done.failed)
 
-    return StageInFlight(merges, finish, detail=lambda o: f"{sum(r.rows for r in o.refs)} completions")
+    return StageInFlight(run, collect)

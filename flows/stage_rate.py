@@ -137,7 +137,7 @@ def _submit_behind(cfg, store: ShardStore, instructions: StageResult, completion
     the completions' hash), so a run that dies meanwhile shows them unfinished; then again
     with the real keys."""
     instr = {r.shard_id: r for r in instructions.refs}
-    planned = {j.shard_id: f"after-generate:{j.key}" for j in completions.submitted.jobs}
+    planned = {j.shard_id: f"after-generate:{j.key}" for j in completions.jobs}
     sub = start_shard_tasks(STAGE, store, rate_one, planned)
     sub.held = None if only is None else 0
     jobs: dict[str, ShardJob] = {}
