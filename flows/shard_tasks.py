@@ -19,6 +19,12 @@ with `refresh_cache`, so a cache record never stands in for a missing shard.
 With `only`, a shard outside it is submitted only when it is already finished for its key
 (it returns its shard); an unfinished one is held: not run, left in its state for a later
 backfill. Shards named in UF_FAIL_SHARDS are replaced by a failing stand-in (flows/faults.py).
+
+`run_shard_tasks` submits every job at once and collects them. A stage that the next one
+runs behind (generate, then rate) uses the parts: `start_shard_tasks` (the plan and an empty
+`Submitted`), `Submitted.submit` per job as its inputs finish, a `Collector` that waits for
+them in the order they end and calls `on_done` per finished shard, and `StageInFlight`,
+what such a stage hands to the next one.
 """
 from __future__ import annotations
 
