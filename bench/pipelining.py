@@ -30,37 +30,43 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flows.runtime import set_task_threads  # noqa: E402
+from flows.runtime import set_task_threads
 
 set_task_threads()  # as the CLI does, before Prefect is imported
 
-from prefect import flow  # noqa: E402
-
-from flows.config import load_config  # noqa: E402
-from flows.shard_tasks import settled  # noqa: E402
-from flows.stage_assemble import run_assemble  # noqa: E402
-from flows.stage_generate import run_generate  # noqa: E402
-from flows.stage_rate import run_rate  # noqa: E402
-from flows.stage_sample import run_sample  # noqa: E402
-from flows.ultrafeedback import record_run, ultrafeedback  # noqa: E402
-from storage.shards import ShardStore  # noqa: E402
-from tests.servers.openai_server import JudgeServer  # noqa: E402
+from tests.servers.openai_server import JudgeServer
 
 CONFIG = ROOT / "tests" / "fixtures" / "configs" / "scripted.yaml"
 
 
-@flow(name="ultrafeedback-stage-by-stage")
-def stage_by_stage(config) -> dict:
-    """The four stages one after another: generation collected whole before rating starts."""
-    store = ShardStore(config.output)
-    instructions = run_sample(config, store)
-    completions = settled(run_generate(config, store, instructions))
-    ratings = run_rate(config, store, instructions, completions)
-    published = run_assemble(config, store, instructions, completions, ratings)
-    return record_run(config, store, [instructions, completions, ratings, published])
+def stage_by_stage_flow():
+    """The four stages one after another: generation collected whole before rating starts.
+    Built after the Prefect API is up: Prefect reads its settings when it is imported."""
+    from prefect import flow
+
+    from flows.shard_tasks import settled
+    from flows.stage_assemble import run_assemble
+    from flows.stage_generate import run_generate
+    from flows.stage_rate import run_rate
+    from flows.stage_sample import run_sample
+    from flows.ultrafeedback import record_run
+    from storage.shards import ShardStore
+
+    @flow(name="ultrafeedback-stage-by-stage")
+    def stage_by_stage(config) -> dict:
+        store = ShardStore(config.output)
+        instructions = run_sample(config, store)
+        completions = settled(run_generate(config, store, instructions))
+        ratings = run_rate(config, store, instructions, completions)
+        published = run_assemble(config, store, instructions, completions, ratings)
+        return record_run(config, store, [instructions, completions, ratings, published])
+
+    return stage_by_stage
 
 
 def config(out: Path, scenario: str, fast_url: str, slow_url: str, judge_url: str):
+    from flows.config import load_config
+
     def model(name: str, url: str) -> str:
         return f"{{name: {name}, serve: openai, model: {name}, base_url: '{url}', concurrency: 1}}"
 
@@ -90,6 +96,9 @@ def main() -> None:
     results: dict[tuple[str, str], list[float]] = {}
     try:
         with temporary_server(), tempfile.TemporaryDirectory() as tmp:
+            from flows.ultrafeedback import ultrafeedback
+
+            stage_by_stage = stage_by_stage_flow()
             # Untimed: the first flow run of a process pays imports and the API's first requests.
             ultrafeedback(config=config(Path(tmp) / "warmup", "full", fast, fast, fast))
             for scenario in args.scenarios.split(","):

@@ -183,7 +183,7 @@ class Collector:
             self._seen += 1
             job = job_of[id(fut)]
             _collect_one(self.sub.stage, self.sub.store, job, fut, self.outcome,
-                         lambda: self.sub.submit(job, refresh=True))
+                         lambda job=job: self.sub.submit(job, refresh=True))
             if on_done is not None and job.shard_id in self.outcome.outputs:
                 on_done(job, self.outcome.outputs[job.shard_id])
 

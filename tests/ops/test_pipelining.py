@@ -3,8 +3,8 @@
 The pool has three instant scripted models and one slow model behind a real local
 OpenAI-protocol server (one request at a time, `latency_s` each). With k=2 of 4 and one
 prompt per shard, about half the shards never draw the slow model: their merges and
-ratings must happen while the slow engine is still generating, as Prefect's task-run
-outputs' own write times show.
+ratings must happen while the slow engine is still generating, as the outputs' own
+write times show.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from flows.cli import main
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
 from tests.ops.helpers import SCRIPTED, published_tables, scripted
-from tests.servers.fixtures import judge_server_factory  # noqa: F401  (pytest fixture)
 
 SLOW_S = 0.6
 
@@ -52,7 +51,7 @@ def test_a_failed_merge_holds_only_its_own_rate_shard(prefect_harness, judge_ser
     cfg = pipelined_cfg(tmp_path / "run", server.url)
     ultrafeedback(config=cfg, stages=["sample"])
     store = ShardStore(cfg.output)
-    victim, n = sorted(store.plan("sample"))[0], len(store.plan("sample"))
+    victim, n = min(store.plan("sample")), len(store.plan("sample"))
     monkeypatch.setenv("UF_FAIL_SHARDS", f"generate:{victim}")
     summary = ultrafeedback(config=cfg, stages=["generate", "rate"], return_state=True).result(raise_on_failure=False)
     gen, rate = summary["stages"]["generate"]["shards"], summary["stages"]["rate"]["shards"]
@@ -76,7 +75,7 @@ def test_assemble_on_demand_publishes_an_unfinished_run(api_url, tmp_path, monke
     monkeypatch.setenv("UF_FAIL_SHARDS", "rate:*")  # the judge has finished no shard yet...
     assert main(["run", "--config", SCRIPTED, "--out", str(out), "--stages", "sample,generate,rate"]) == 1
     monkeypatch.delenv("UF_FAIL_SHARDS")
-    rated = sorted(store.plan("rate"))[0]  # ...then one shard is rated, the others still are not
+    rated = min(store.plan("rate"))  # ...then one shard is rated, the others still are not
     assert main(["backfill", "--out", str(out), "--stages", "rate", "--shards", rated]) == 0
     unrated = sorted(set(store.plan("rate")) - {rated})
     assert unrated and store.incomplete("rate") == unrated
