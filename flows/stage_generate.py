@@ -1,10 +1,13 @@
-"""Generation stage as Prefect tasks: one task per engine, then one merge task per shard.
+"""Generation stage as Prefect tasks: one task per engine, and one merge task per shard that
+starts when the engines serving its shard are done.
 
 Inputs: the run config, the finished instruction shards and optionally `only` (the shard
 ids a backfill is limited to).
 Outputs: `generate_parts/<model>/<shard_id>` per pool entry and instruction shard, then
 `generate/<shard_id>` (COMPLETIONS, k rows per instruction), the stage plan, and a
-summary (shards, completions, failed requests, tokens, engine timings).
+summary (shards, completions, failed requests, tokens, engine timings). `run_generate`
+returns the stage in flight (flows.shard_tasks.StageInFlight), so the rate stage can start
+each shard's rating as soon as that shard is merged.
 
 Grouped by model as in the original: each engine task starts its engine once, sends the
 requests of every shard that drew it, and stops it. Engine tasks retry on transient
@@ -27,7 +30,8 @@ from contextlib import nullcontext
 from prefect import allow_failure, task
 
 from flows.common import StageResult, logger
-from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks, transient_only
+from flows.shard_tasks import (Collector, ShardJob, StageInFlight, chosen_jobs, key_from_param, start_shard_tasks,
+                               transient_only)
 from storage.shards import ShardRef, ShardStore
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
 from tasks.generation.schedule import Plan
@@ -118,24 +122,72 @@ def _engine_outcomes(futures: list) -> list[dict]:
     return engines
 
 
-def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[str] | None = None) -> StageResult:
-    """Completion shards for the finished instruction shards (with `only`, just those ids)."""
+def _engines_by_shard(cfg, store: ShardStore, groups: list[EngineGroup], refs: list[ShardRef]) -> dict[str, set]:
+    """Per instruction shard, the engines that have requests for it (from the shard's draws,
+    cached for the engines and the merge, which read them again)."""
+    from tasks.generation.stage import _PLANS, _Plans
+
+    engine_of = {e.name: g.engine_id for g in groups for e in g.entries}
+    rows = rows_by_source(cfg)
+    return {ref.shard_id: {engine_of[p.model] for p in _PLANS.get(store, ref, cfg.generation, cfg.seed, rows,
+                                                                  _Plans.key(ref, cfg.generation, cfg.seed, rows))}
+            for ref in refs}
+
+
+def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[str] | None = None) -> StageInFlight:
+    """Completion shards for the finished instruction shards (with `only`, just those ids), in flight.
+
+    The engines are submitted now. `collect(on_done)` (or `settled`) submits each shard's
+    merge as soon as the engines that have requests for it are done (its `wait_for`), a
+    failed engine failing only the shards it serves, and calls `on_done(job, output)` as
+    each shard is merged: that is how the rate stage starts behind generation. A merge is
+    submitted when its engines end rather than at once with `wait_for` alone, because a
+    task waiting for its `wait_for` holds a thread of the bounded thread pool: merges
+    waiting for a slow engine would take every thread from the merges that could run.
+    Limit: an engine task ends when its last shard is written, so a shard waits for every
+    engine it drew, whole; in a pool where every shard draws every model (k = pool size)
+    no merge starts before the last engine ends.
+    """
+    from prefect.futures import as_completed
+
     instr_refs = sorted(instructions.refs, key=lambda r: r.shard_id)
     rows = rows_by_source(cfg)
     jobs = [ShardJob(r.shard_id, merge_key(r, cfg.generation, cfg.seed, rows), {"cfg": cfg, "instr": r})
             for r in instr_refs]
     # Planned before the engines run, so a run that dies in an engine still shows them unfinished.
-    store.write_plan(STAGE, {j.shard_id: j.key for j in jobs})
+    merges = start_shard_tasks(STAGE, store, merge_completions, {j.shard_id: j.key for j in jobs})
     # A shard held back by `only` needs no parts; a finished one has them all already.
     wanted = instr_refs if only is None else [r for r in instr_refs if r.shard_id in set(only)]
     groups = engine_groups(cfg.generation)
     plan = plan_for_pool(cfg.generation, groups, sum(r.rows for r in instr_refs))
     logger().info("%s", plan.render())
-    engines = _engine_outcomes(_submit_engines(cfg, groups, wanted, plan))
-    done = run_shard_tasks(STAGE, store, jobs, merge_completions, only,
-                           detail=lambda o: f"{sum(r.rows for r in o.refs)} completions")
-    summary = {"shards": done.counts, "completions": sum(r.rows for r in done.refs),
-               "failed_requests_this_run": sum(e.get("failed_requests", 0) for e in engines),
-               "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
-               "engines": engines, "schedule": plan.to_dict()}
-    return StageResult(STAGE, done.refs, summary, done.failed)
+    engine_futures = _submit_engines(cfg, groups, wanted, plan)
+    future_of = dict(zip(plan.order(), engine_futures))
+    serving = _engines_by_shard(cfg, store, groups, wanted)
+    run = chosen_jobs(STAGE, store, jobs, only)
+    merges.held = None if only is None else len(jobs) - len(run)
+
+    def collect(on_done) -> StageResult:
+        collector, left, ended = Collector(merges, len(run)), list(run), set()
+
+        def merge_ready() -> None:
+            nonlocal left
+            ready = [j for j in left if serving.get(j.shard_id, set()) <= ended]
+            left = [j for j in left if j not in ready]
+            collector.add([(j, merges.submit(j, [allow_failure(future_of[e]) for e in serving.get(j.shard_id, ())]))
+                           for j in ready], on_done)
+
+        merge_ready()  # shards that need no engine (finished parts, or held back)
+        engine_id = {id(f): e for e, f in future_of.items()}
+        for fut in as_completed(engine_futures):
+            ended.add(engine_id[id(fut)])
+            merge_ready()
+        engines = _engine_outcomes(engine_futures)
+        done = collector.finish(lambda o: f"{sum(r.rows for r in o.refs)} completions")
+        summary = {"shards": done.counts, "completions": sum(r.rows for r in done.refs),
+                   "failed_requests_this_run": sum(e.get("failed_requests", 0) for e in engines),
+                   "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
+                   "engines": engines, "schedule": plan.to_dict()}
+        return StageResult(STAGE, done.refs, summary, done.failed)
+
+    return StageInFlight(run, collect)

@@ -1,7 +1,8 @@
 """Rating stage as Prefect tasks: one task per completions shard.
 
-Inputs: the run config, the finished completion shards, the instruction shards of the
-same ids and optionally `only` (the shard ids a backfill is limited to). Outputs: `rate/<shard_id>.parquet`
+Inputs: the run config, the completion shards (finished, or the generate stage of the same
+run still in flight: then each shard is rated as soon as it is merged), the instruction
+shards of the same ids and optionally `only` (the shard ids a backfill is limited to). Outputs: `rate/<shard_id>.parquet`
 (RATINGS) with done markers, the stage plan, a request journal per shard
 (tasks.backends.journal), and a summary: shard counts, parse outcomes, requests sent and
 answered from the journal this run, and tokens and money per judge model.
@@ -26,7 +27,8 @@ import tasks.rating.protocol
 import tasks.rating.rubrics
 import tasks.rating.stage
 from flows.common import StageResult, logger
-from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks, transient_only
+from flows.shard_tasks import (ShardJob, StageInFlight, Submitted, chosen_jobs, collect_shard_tasks, key_from_param,
+                               start_shard_tasks, submit_shard_tasks, transient_only)
 from storage.keys import code_version, shard_key
 from storage.shards import ShardRef, ShardStore
 from tasks.errors import InputError
@@ -119,25 +121,73 @@ def summarize_stage(store: ShardStore, refs: list[ShardRef]) -> dict:
     return {"parse_status": status, "cost": merge(*lines)}
 
 
-def run_rate(cfg, store: ShardStore, instructions: StageResult, completions: StageResult,
+def _rate_job(cfg, instr: dict[str, ShardRef], comp: ShardRef) -> ShardJob:
+    if comp.shard_id not in instr:
+        raise InputError(f"rate: completion shard {comp.shard_id} has no finished instruction shard of the same id")
+    i = instr[comp.shard_id]
+    return ShardJob(comp.shard_id, rate_key(i, comp, cfg), {"cfg": cfg, "instr": i, "comp": comp})
+
+
+def _submit_behind(cfg, store: ShardStore, instructions: StageResult, completions: StageInFlight,
+                   only: list[str] | None) -> tuple[Submitted, StageResult, list[str]]:
+    """Submit each rate shard the moment its completions shard is merged; (the rate tasks, the
+    generate stage's result, the shards not rated because their completions shard failed).
+
+    The plan is written first with a placeholder key per shard to come (its rating key needs
+    the completions' hash), so a run that dies meanwhile shows them unfinished; then again
+    with the real keys."""
+    instr = {r.shard_id: r for r in instructions.refs}
+    planned = {j.shard_id: f"after-generate:{j.key}" for j in completions.jobs}
+    sub = start_shard_tasks(STAGE, store, rate_one, planned)
+    sub.held = None if only is None else 0
+    jobs: dict[str, ShardJob] = {}
+
+    def rate_when_merged(merge: ShardJob, out: dict) -> None:
+        job = jobs[merge.shard_id] = _rate_job(cfg, instr, out["ref"])
+        if chosen_jobs(STAGE, store, [job], only):
+            sub.submit(job)
+        else:
+            sub.held += 1
+
+    generated = completions.collect(on_done=rate_when_merged)
+    upstream_failed = [s for s in planned if s not in jobs]
+    store.write_plan(STAGE, {**planned, **{s: j.key for s, j in jobs.items()}})
+    if upstream_failed:
+        sub.held = (sub.held or 0) + len(upstream_failed)
+        logger().warning("rate: %d shard(s) not rated, their completions shard failed: %s",
+                         len(upstream_failed), ", ".join(upstream_failed[:10]))
+    return sub, generated, upstream_failed
+
+
+def run_rate(cfg, store: ShardStore, instructions: StageResult, completions: StageResult | StageInFlight,
              only: list[str] | None = None) -> StageResult:
-    """Rating shards for the finished completion shards (with `only`, just those ids)."""
-    jobs = [ShardJob(c.shard_id, rate_key(i, c, cfg), {"cfg": cfg, "instr": i, "comp": c})
-            for i, c in _pairs(instructions, completions)]
+    """Rating shards for the completion shards (with `only`, just those ids).
+
+    `completions` finished: one rate task per shard, all at once. In flight (the generate
+    stage of this run): each rate task starts as soon as its shard is merged, while the
+    other shards are still generating; a shard whose merge failed is held, not rated."""
+    upstream_failed: list[str] = []
     try:
-        done = run_shard_tasks(STAGE, store, jobs, rate_one, only,
-                               detail=lambda o: f"{sum(r.rows for r in o.refs)} rating rows")
+        if isinstance(completions, StageInFlight):
+            sub, _, upstream_failed = _submit_behind(cfg, store, instructions, completions, only)
+        else:
+            jobs = [ShardJob(c.shard_id, rate_key(i, c, cfg), {"cfg": cfg, "instr": i, "comp": c})
+                    for i, c in _pairs(instructions, completions)]
+            sub = submit_shard_tasks(STAGE, store, jobs, rate_one, only)
+        done = collect_shard_tasks(sub, detail=lambda o: f"{sum(r.rows for r in o.refs)} rating rows")
     finally:
         close_engines()
+    shard_ids = [j.shard_id for j in sub.jobs]
     # A cached task returns the stats of the run that computed it: not this run's work.
     this_run = [done.outputs[s]["stats"] for s in done.fresh if done.outputs[s].get("stats")]
-    flight = batches_in_flight(cfg, [j.shard_id for j in jobs])
+    flight = batches_in_flight(cfg, shard_ids)
     if flight:
         _report_in_flight(cfg, flight)
     summary = {"shards": done.counts, "ratings": sum(r.rows for r in done.refs),
                "judge": {"endpoint": cfg.rating.endpoint.name, "model": cfg.rating.endpoint.model,
                          "answer_mode": cfg.rating.endpoint.answer_mode, "mode": cfg.rating.endpoint.mode},
                "batches_in_flight": flight,
+               **({"held_upstream_failed": upstream_failed} if upstream_failed else {}),
                "requests_sent_this_run": sum(s["sent"] for s in this_run),
                "answered_from_journal_this_run": sum(s["from_journal"] for s in this_run),
                "reasks_this_run": sum(s["reasks"] for s in this_run),

@@ -5,6 +5,10 @@ stages to run. Outputs: the stages' shards under `config.output`, `manifest.json
 stage's shards with state, rows and content hash, plus the run's summary), the run's
 artifacts, and the summary as the flow's result.
 
+Generation and rating overlap: a rate shard starts as soon as its completions shard is
+merged (flows/stage_rate.py), and a merge as soon as the engines serving its shard are done
+(flows/stage_generate.py), through Prefect futures and `wait_for`.
+
 A stage that is not run hands on its finished shards from the store, so `--stages
 generate` works on instruction shards written by an earlier run. A shard task that fails
 does not stop the others; when every stage has run, a run with failed shards ends in
@@ -21,6 +25,7 @@ from flows.config import STAGES, RunConfig, Stage, checked_stages, validate_conf
 from flows.faults import requested_faults
 from flows.progress import publish_artifacts
 from flows.run_record import record_config
+from flows.shard_tasks import settled
 from flows.stage_assemble import run_assemble
 from flows.stage_audit import run_audit
 from flows.stage_generate import run_generate
@@ -52,10 +57,15 @@ def run_pipeline(cfg: RunConfig, stages: list[str], only: list[str] | None = Non
         instructions = run_sample(cfg, store, only)
     if "generate" in todo:
         instructions = instructions or finished(store, "sample", needed_by="generate")
+        # In flight: each shard's merge waits only for the engines serving that shard.
         completions = run_generate(cfg, store, instructions, only)
     if "rate" in todo:
+        # Each rate shard starts as soon as its completions shard is merged (the judge runs
+        # behind generation); with generate not run now, on the finished completion shards.
         completions = completions or finished(store, "generate", needed_by="rate")
         ratings = run_rate(cfg, store, instructions or finished(store, "sample"), completions, only)
+    completions = settled(completions)
+    if "rate" in todo:
         # The judge audit belongs to the rate stage's side (off unless audit.enabled).
         audit = run_audit(cfg, store, instructions or finished(store, "sample"), completions, ratings)
     if "assemble" in todo:

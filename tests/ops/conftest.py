@@ -1,8 +1,10 @@
 """Fixtures of the operations tests: a real Prefect server per module (for tests marked
-`server`). The `dask` marker (a local Dask cluster runs the flow) is declared here so the
-marker list in pyproject stays the project's."""
+`server`) and the OpenAI-protocol test server (`judge_server_factory`). The `dask` marker
+(a local Dask cluster runs the flow) is declared here so the marker list in pyproject stays
+the project's."""
 from __future__ import annotations
 
+from tests.servers.fixtures import judge_server_factory  # noqa: F401  (pytest fixture)
 from tests.servers.prefect_server import prefect_server  # noqa: F401  (pytest fixture)
 
 
