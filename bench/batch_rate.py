@@ -55,8 +55,8 @@ def shards(n: int, size: int):
 
 def run_mode(mode: str, url: str, n: int, size: int, work: Path) -> dict:
     from tasks.backends.batch_state import state_path
-    from tasks.rating.config import RatingConfig
     from tasks.backends.journal import Journal, journal_path
+    from tasks.rating.config import RatingConfig
     from tasks.rating.judges import open_judge
     from tasks.rating.stage import rate_shard
     from tests.servers.fixtures import get_stats

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.judge_workload import build, write  # noqa: E402
 from tasks.backends.base import message_text  # noqa: E402
-from tasks.rating.judges import judge_backend  # noqa: E402
 from tasks.rating.config import JudgeEndpoint  # noqa: E402
+from tasks.rating.judges import judge_backend  # noqa: E402
 from tests.servers.fixtures import get_stats  # noqa: E402
 
 VENVS = ROOT / "bench" / ".venvs"

@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flows.runtime import set_task_threads
+from flows.runtime import set_task_threads  # noqa: E402  (the repository root is on the path first)
 
 set_task_threads()  # as the CLI does, before Prefect is imported
 
-from tests.servers.openai_server import JudgeServer
+from tests.servers.openai_server import JudgeServer  # noqa: E402  (after the thread setting, as the CLI)
 
 CONFIG = ROOT / "tests" / "fixtures" / "configs" / "scripted.yaml"
 

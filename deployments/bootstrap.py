@@ -14,8 +14,12 @@ import sys
 from copy import deepcopy
 
 from prefect import get_client
-from prefect.client.schemas.actions import (GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate,
-                                            WorkPoolCreate, WorkPoolUpdate)
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+    WorkPoolUpdate,
+)
 from prefect.exceptions import ObjectNotFound
 
 from deployments.spec import LimitSpec, OpsSpec, PoolSpec, load_spec

@@ -24,17 +24,17 @@ import tasks.assemble.binarize
 import tasks.assemble.card
 import tasks.assemble.config
 import tasks.assemble.join
-import tasks.markdown
 import tasks.assemble.plots
 import tasks.assemble.publish
 import tasks.assemble.report
 import tasks.assemble.stats
+import tasks.markdown
 from flows.common import StageResult, logger
 from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks
 from storage.keys import code_version, shard_key
 from storage.schemas import SCHEMAS, to_table
-from tasks.assemble.join import RATING_COLUMNS
 from storage.shards import ShardRef, ShardStore
+from tasks.assemble.join import RATING_COLUMNS
 from tasks.errors import InputError
 
 STAGE = "assemble"

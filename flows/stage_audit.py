@@ -91,7 +91,8 @@ def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dic
         second = _second(cfg)
         table = run_part(_concat(store, refs["sample"], "instructions"), _concat(store, refs["generate"], "completions"),
                          _concat(store, refs["rate"], "ratings"), cfg.rating, cfg.audit, seed, judge, journal(part),
-                         (second, open_judge(second, log_dir, oracle=oracle_labels), journal(f"{part}-second")) if second else None)
+                         (second, open_judge(second, log_dir, oracle=oracle_labels), journal(f"{part}-second"))
+                         if second else None)
     else:
         hs = next(h for h in cfg.audit.human_sets if f"human-{h.name}" == part)
         table = human_part(hs, cfg.rating, seed, judge, journal(part))
@@ -100,8 +101,8 @@ def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dic
 
 
 def _artifacts(name: str, results: pa.Table, report_md: str) -> None:
-    from tasks.markdown import records
     from tasks.assemble.report import _in_prefect_run, artifact_key
+    from tasks.markdown import records
 
     if not _in_prefect_run():
         return

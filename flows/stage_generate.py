@@ -30,8 +30,15 @@ from contextlib import nullcontext
 from prefect import allow_failure, task
 
 from flows.common import StageResult, logger
-from flows.shard_tasks import (Collector, ShardJob, StageInFlight, chosen_jobs, key_from_param, start_shard_tasks,
-                               transient_only)
+from flows.shard_tasks import (
+    Collector,
+    ShardJob,
+    StageInFlight,
+    chosen_jobs,
+    key_from_param,
+    start_shard_tasks,
+    transient_only,
+)
 from storage.shards import ShardRef, ShardStore
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
 from tasks.generation.schedule import Plan

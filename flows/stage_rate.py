@@ -27,14 +27,23 @@ import tasks.rating.protocol
 import tasks.rating.rubrics
 import tasks.rating.stage
 from flows.common import StageResult, logger
-from flows.shard_tasks import (ShardJob, StageInFlight, Submitted, chosen_jobs, collect_shard_tasks, key_from_param,
-                               start_shard_tasks, submit_shard_tasks, transient_only)
+from flows.shard_tasks import (
+    ShardJob,
+    StageInFlight,
+    Submitted,
+    chosen_jobs,
+    collect_shard_tasks,
+    key_from_param,
+    start_shard_tasks,
+    submit_shard_tasks,
+    transient_only,
+)
 from storage.keys import code_version, shard_key
 from storage.shards import ShardRef, ShardStore
-from tasks.errors import InputError
-from tasks.rating.cost import format_summary, merge, summarize_table, with_realtime_equivalent
 from tasks.backends.batch_state import state_path
 from tasks.backends.journal import Journal, journal_path
+from tasks.errors import InputError
+from tasks.rating.cost import format_summary, merge, summarize_table, with_realtime_equivalent
 from tasks.rating.judges import close_engines, open_judge
 from tasks.rating.stage import rate_shard
 
@@ -53,7 +62,9 @@ def key_config(cfg) -> dict:
     price = r.price(ep.model, ep.mode)
     return {
         "seed": cfg.seed,
-        "judge": ep.model_dump(mode="json", include={"kind", "model", "deployment", "answer_mode", "engine_model"}),
+        # `script`: a scripted judge's planted fault changes its ratings (tests and demos of the audit)
+        "judge": ep.model_dump(mode="json", include={"kind", "model", "deployment", "answer_mode", "engine_model",
+                                                      "script"}),
         "rating": r.model_dump(mode="json", include={"aspects", "critique", "temperature", "top_p", "max_tokens",
                                                      "critique_max_tokens", "reasks", "shuffle"}),
         "price": price.model_dump() if price else None,

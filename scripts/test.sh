@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, from nothing: project environment with test extras, headless Chromium
+# The whole test suite, from nothing: project environment with test extras, the linter (ruff,
+# configured in pyproject.toml; a lint error stops here), headless Chromium
 # (for the tests marked `browser`), the local CPU vLLM engine and model (for the tests marked
 # `vllm`), then pytest.
 #   bash scripts/test.sh [pytest args]      e.g. -m "not vllm" for the fast part only
@@ -7,6 +8,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 bash scripts/bootstrap.sh test
+"${UF_VENV:-$REPO/.venv}/bin/ruff" check .
 bash scripts/install_browser.sh
 if [[ "${UF_SKIP_ENGINE:-0}" != "1" ]]; then
   bash scripts/setup_local.sh

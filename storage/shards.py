@@ -127,7 +127,8 @@ class ShardStore:
         self.fs.mv(tmp, path)
         self.remove_marker(stage, shard_id, "failed")
         ref = ShardRef(stage, shard_id, self.url(path), table.num_rows, digest, key)
-        self.write_json(self._p(stage, f"{shard_id}.done.json"), {**ref.to_dict(), "schema": schema_name, "written_at": time.time()})
+        self.write_json(self._p(stage, f"{shard_id}.done.json"),
+                        {**ref.to_dict(), "schema": schema_name, "written_at": time.time()})
         return ref
 
     def read_shard(self, ref_or_stage, shard_id: str | None = None, columns=None) -> pa.Table:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import DATA, FIXTURES, SCRIPTED_CONFIG
+
+# The servers' fixtures (judge_server, judge_server_factory, prefect_server, ...) for every test.
+pytest_plugins = ["tests.servers.fixtures", "tests.servers.prefect_server"]
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data" / "sources"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,12 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def scripted_config() -> str:
+    """The scripted run config: instant in-process backends, the bundled real sources."""
+    return SCRIPTED_CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ import yaml
 
 from storage.schemas import SCHEMAS
 from tasks.assemble.config import LAYOUT_SCHEMA, LAYOUT_SPLITS, default_pairs
-from tasks.markdown import kv, table
 from tasks.assemble.stats import RunStats
+from tasks.markdown import kv, table
 
 # Licences of the upstream sources, by adapter; a generic file format says nothing about
 # its content, so the user must state it.

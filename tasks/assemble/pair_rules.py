@@ -31,6 +31,7 @@ from tasks.assemble.binarize import Candidate, PairStats, Pick, Prompt, assistan
 from tasks.assemble.config import PairRuleSet
 from tasks.assemble.frames import _conversation, _texts, _turns
 
+
 def _rng(seed: int, name: str, prompt_id: str) -> random.Random:
     return random.Random(int(hashlib.sha256(f"{seed}:rule:{name}:{prompt_id}".encode()).hexdigest()[:16], 16))
 

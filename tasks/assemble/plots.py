@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tasks.assemble.stats import RATING_VALUES, RunStats  # noqa: E402
 from storage.schemas import ASPECTS  # noqa: E402
+from tasks.assemble.stats import RATING_VALUES, RunStats  # noqa: E402
 
 # 1..5 from red to green; N/A grey; no rating black, so gaps stand out.
 VALUE_COLOURS = ["#d73027", "#fc8d59", "#fee08b", "#91cf60", "#1a9850", "#bdbdbd", "#252525"]

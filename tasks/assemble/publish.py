@@ -41,7 +41,6 @@ from tasks.assemble.plots import render_all
 from tasks.assemble.report import publish_report_artifacts, render_report
 from tasks.assemble.stats import LONG_COLUMNS, RunStats, run_stats
 
-
 CHUNK_ROWS = 5000  # rows of a dataset or pair table built at once (a dataset row holds 4 completions)
 
 
@@ -122,7 +121,8 @@ def remove_stale_sets(root: str, keep: set[str]) -> None:
 
 def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *, output: str, config: dict,
             publish_cfg: PublishConfig, seed: int, truthful_sources: set[str] = frozenset(),
-            truthful_questions: set[str] = frozenset(), notes: list[str] | None = None, audit: str | None = None) -> PublishResult:
+            truthful_questions: set[str] = frozenset(), notes: list[str] | None = None,
+            audit: str | None = None) -> PublishResult:
     root = output.rstrip("/")
     n = publish_cfg.shard_rows
     joined = join(instructions, completions, ratings)
@@ -148,7 +148,7 @@ def publish(instructions: pa.Table, completions: pa.Table, ratings: pa.Table, *,
         layout = publish_cfg.pairs[name].layout
         for split, picks in splits.items():
             files += write_parts_built(root, f"preferences/{name}", split, len(picks),
-                                       lambda lo, hi, p=picks, s=split, l=layout: frames.pair_table(joined, p[lo:hi], l, s),
+                                       lambda lo, hi, p=picks, s=split, lay=layout: frames.pair_table(joined, p[lo:hi], lay, s),
                                        LAYOUT_SCHEMA[layout], n, CHUNK_ROWS)
     remove_stale_sets(root, set(publish_cfg.pairs) | {rs.name for rs in publish_cfg.pair_rules})
 

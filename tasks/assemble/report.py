@@ -13,8 +13,8 @@ import re
 
 import pandas as pd
 
-from tasks.markdown import kv, records, table
 from tasks.assemble.stats import RunStats
+from tasks.markdown import kv, records, table
 
 log = logging.getLogger("ultrafeedback.assemble")
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.backends.base import Backend, make_request, message_text
+from tasks.backends.journal import Journal, JournaledBackend
 from tasks.rating import prompts
 from tasks.rating.config import JudgeEndpoint, RatingConfig
 from tasks.rating.cost import request_cost, usage_tokens
-from tasks.backends.journal import Journal, JournaledBackend
 from tasks.rating.parse import parse
 
 

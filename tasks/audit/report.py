@@ -102,7 +102,8 @@ def render_audit(results: pd.DataFrame, rows: pd.DataFrame, cost: list[dict], in
         f"How far the ratings of `{judge}` can be trusted, measured on a seeded sample of {run_items:,} "
         f"instructions{' and the human sets ' + ', '.join(f'`{s}`' for s in sets) if sets else ''}. Intervals are "
         "percentile bootstrap intervals over instructions (human sets: over rows). **yes** marks a bias figure "
-        "whose interval excludes zero (in bold in the position table). How to read each figure: docs/rating.md, section \"Judge audit\".\n",
+        "whose interval excludes zero (in bold in the position table). How to read each figure: "
+        "docs/rating.md, section \"Judge audit\".\n",
     ]
     parts += [f"![{p}]({p})\n" for p in plots or []]
     parts += [f"{heading}# Position\n", "Mean rating shift of a text shown at each position (against its mean over "

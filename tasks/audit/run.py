@@ -20,9 +20,9 @@ from tasks.audit.config import AuditConfig, HumanSet
 from tasks.audit.probes import RunSample, sample_prompts
 from tasks.audit.stats import Audit
 from tasks.backends.base import Backend
+from tasks.backends.journal import Journal
 from tasks.rating.config import JudgeEndpoint, RatingConfig
 from tasks.rating.cost import summarize
-from tasks.backends.journal import Journal
 
 
 def _table(rows: list[dict]) -> pa.Table:

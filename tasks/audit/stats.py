@@ -259,9 +259,13 @@ class Audit:
         if votes and all(len(v) >= 2 for v in votes):
             k = len(votes[0])
             pairs = list(combinations(range(k), 2))
-            raw = lambda us: float(np.mean([np.mean([votes[u][x] == votes[u][y] for u in us]) for x, y in pairs]))
-            kap = lambda us: float(np.mean([_kappa([votes[u][x] for u in us], [votes[u][y] for u in us], None, labels)
-                                            or 0.0 for x, y in pairs]))
+            def raw(us):
+                return float(np.mean([np.mean([votes[u][x] == votes[u][y] for u in us]) for x, y in pairs]))
+
+            def kap(us):
+                return float(np.mean([_kappa([votes[u][x] for u in us], [votes[u][y] for u in us], None, labels)
+                                      or 0.0 for x, y in pairs]))
+
             for metric, fn in (("annotator_pairwise_agreement", raw), ("annotator_pairwise_kappa", kap)):
                 v, lo, hi = ci(units, fn)
                 self.out.append(result("human", set_, "preference", metric, v, lo, hi, n,

@@ -12,7 +12,8 @@ handed on as the answer's JSON text. `stop_reason` max_tokens -> finish_reason "
 
 Realtime (`AnthropicMessagesBackend`): up to `max_concurrency` requests in flight, within
 the budget the `anthropic-ratelimit-*-remaining` headers leave; when it is used up every
-request of the endpoint waits for the `-reset` time, then a single probe goes first; 429 and 529 (overloaded) wait `retry-after` (else
+request of the endpoint waits for the `-reset` time, then a single probe goes first; 429 and 529
+(overloaded) wait `retry-after` (else
 a growing backoff) and are retried until `max_rate_limit_wait_s`, then become transient
 error results; other 4xx are permanent error results; 401/403 raise InputError. The SDK's
 own retries are off so that waits happen in one place.

@@ -43,7 +43,8 @@ class EngineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    python: str | None = Field(None, description="Interpreter of the vLLM environment; default: the local one built by scripts/setup_local.sh (UF_VLLM_ENV)")
+    python: str | None = Field(None, description="Interpreter of the vLLM environment; default: the local one built "
+                                                 "by scripts/setup_local.sh (UF_VLLM_ENV)")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM command-line arguments")
     env: dict[str, str] = Field(
         default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"},

@@ -43,7 +43,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
-from tasks.backends.buckets import LOCK as _LOCK, Bucket as _Bucket, Slots as _Slots
+from tasks.backends.buckets import LOCK as _LOCK
+from tasks.backends.buckets import Bucket as _Bucket
+from tasks.backends.buckets import Slots as _Slots
 from tasks.backends.limit_hints import estimate_prompt_tokens, retry_after_s
 
 RESYNC_ALWAYS_BELOW = 512  # requests in the window

@@ -37,8 +37,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 
 from tasks.backends.base import BatchRequest, BatchResult, result_error, result_ok
-from tasks.backends.faults import (FATAL_STATUS, RequestPolicy, breaker_for, fatal, is_transient_status,
-                                   status_code)
+from tasks.backends.faults import FATAL_STATUS, RequestPolicy, breaker_for, fatal, is_transient_status, status_code
 from tasks.backends.limiter import estimate_prompt_tokens, limiter_for
 from tasks.backends.shared_limit import estimate_tokens
 from tasks.errors import EngineDiedError, InputError, RateLimitedError

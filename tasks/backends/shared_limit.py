@@ -37,7 +37,6 @@ from typing import Iterator, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class SharedLimit(BaseModel):
     """A rate limit shared across processes; entries naming the same `name` share it."""
 

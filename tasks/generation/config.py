@@ -14,12 +14,11 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Launch settings live with the backends (the judge launches engines too); re-exported here.
-from tasks.backends.engine_settings import (REPO_ROOT, EngineSettings, default_engine_python,  # noqa: F401
-                                           models_dir, resolve_model)
 from tasks.backends.batch_settings import BatchSettings
-from tasks.backends.request_settings import RetrySettings
 
+# Launch settings live with the backends (the judge launches engines too); re-exported here.
+from tasks.backends.engine_settings import REPO_ROOT, EngineSettings, default_engine_python, models_dir, resolve_model  # noqa: F401
+from tasks.backends.request_settings import RetrySettings
 from tasks.backends.shared_limit import SharedLimit
 
 ServeMode = Literal["vllm_server", "vllm_batch", "openai", "scripted"]
@@ -49,11 +48,14 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name recorded in the dataset (also a folder name)")
-    serve: ServeMode = Field("vllm_server", description="vllm_server | vllm_batch (the flow starts vLLM) | openai (existing endpoint) | scripted (tests)")
-    model: str = Field("", description="Model folder or hub id (vLLM modes; `{models_dir}` expands), or the endpoint's model name (openai)")
+    serve: ServeMode = Field("vllm_server", description="vllm_server | vllm_batch (the flow starts vLLM) | openai "
+                                                        "(existing endpoint) | scripted (tests)")
+    model: str = Field("", description="Model folder or hub id (vLLM modes; `{models_dir}` expands), or the "
+                                       "endpoint's model name (openai)")
     served_name: str | None = Field(None, description="Name the launched server answers to; default: name")
     base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. https://api.openai.com/v1")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key (the key itself never goes in a config)")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (the key itself "
+                                                      "never goes in a config)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (also the GPU slots it occupies)")
     replicas: int = Field(
         1, ge=1, description="vllm_server: launch this many servers of the model and balance requests across them; "
@@ -171,7 +173,8 @@ class GenerationConfig(BaseModel):
     models: list[ModelEntry] = Field(default_factory=lambda: demo_pool(), description="The model pool")
     principles: dict[str, dict[str, float]] | None = Field(
         None, description="Override of the per-source principle distribution (row -> principle -> weight)")
-    gpu_slots: str | None = Field(None, description="Prefect global concurrency limit that gates engine starts (one slot per GPU); none on CPU")
+    gpu_slots: str | None = Field(None, description="Prefect global concurrency limit that gates engine starts "
+                                                    "(one slot per GPU); none on CPU")
     max_error_fraction: float = Field(0.5, ge=0, le=1, description="A part with more permanently failed requests "
                                       "(4xx: e.g. a prompt over the context length) than this fails instead of being "
                                       "written; transient failures never make a part")

@@ -69,8 +69,8 @@ def _batch_backend(first, engine_id: str, output_root: str, field: str):
     """serve openai + mode batch: the provider's Batch API behind a request journal, so a
     rerun pays only for requests that never got an answer (generation has no other record)."""
     from tasks.backends.batch_state import state_path
-    from tasks.backends.openai_batch import batch_backend, openai_client
     from tasks.backends.journal import Journal, JournaledBackend, journal_path
+    from tasks.backends.openai_batch import batch_backend, openai_client
 
     journal = Journal(journal_path(output_root, engine_id, stage="generate"))
     client = openai_client("openai_compatible", first.base_url, api_key(first, field), timeout_s=first.request_timeout_s)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from tasks.generation.schedule_plan import Job, Placement
 
-
 # Orders tried when pouring: widest first (narrow engines fill the gaps), then by length.
 ORDERS = [
     lambda j: (-j.tp, -(j.load_s + j.work_s), j.engine_id),

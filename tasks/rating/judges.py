@@ -26,8 +26,8 @@ _lock = threading.Lock()
 
 
 def _launch(endpoint: JudgeEndpoint, log_dir: str) -> Backend:
-    from tasks.backends.vllm_server import VLLMServerBackend
     from tasks.backends.engine_settings import resolve_model
+    from tasks.backends.vllm_server import VLLMServerBackend
 
     eng = endpoint.engine
     return VLLMServerBackend(

@@ -20,7 +20,13 @@ from typing import Any, Mapping, Sequence
 
 from tasks.rating import rubrics
 from tasks.rating.protocol import (
-    CRITIQUE, NA_ASPECTS, TYPED_ASPECTS, aspect_header, fence_response, fence_text, response_format,
+    CRITIQUE,
+    NA_ASPECTS,
+    TYPED_ASPECTS,
+    aspect_header,
+    fence_response,
+    fence_text,
+    response_format,
 )
 
 NO_KNOWLEDGE = "No additional world knowledge."

@@ -19,7 +19,12 @@ from typing import Callable, Iterable, Iterator
 
 from tasks.backends.base import BatchRequest, BatchResult, result_error, result_ok
 from tasks.rating.protocol import (
-    CRITIQUE, NA_ASPECTS, TYPED_ASPECTS, find_aspect, find_response, find_texts,
+    CRITIQUE,
+    NA_ASPECTS,
+    TYPED_ASPECTS,
+    find_aspect,
+    find_response,
+    find_texts,
 )
 from tasks.rating.rubrics import REASK_LEAD
 

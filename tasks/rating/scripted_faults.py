@@ -25,8 +25,8 @@ import random
 from typing import Callable, Iterable, Iterator
 
 from tasks.backends.base import BatchRequest, BatchResult, result_ok
-from tasks.rating.scripted import scripted_answer
 from tasks.rating.protocol import CRITIQUE, TYPED_ASPECTS, find_aspect, find_texts
+from tasks.rating.scripted import scripted_answer
 
 FAULTS = ("fair", "first_position", "long", "self", "oracle", "random")
 

@@ -26,11 +26,11 @@ from storage.keys import stable_hash
 from storage.schemas import to_table
 from tasks.backends.base import Backend, make_request, message_text
 from tasks.backends.faults import is_transient
+from tasks.backends.journal import Journal, JournaledBackend
 from tasks.errors import InputError, TransientError
 from tasks.rating import prompts
 from tasks.rating.config import RatingConfig
 from tasks.rating.cost import request_cost, usage_tokens
-from tasks.backends.journal import Journal, JournaledBackend
 from tasks.rating.parse import Judgement, ParsedAnswer, parse
 from tasks.rating.protocol import CRITIQUE
 

@@ -6,8 +6,9 @@ import pytest
 from flows.config import load_config
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 # Keys are named after the run ("scripted" in the fixture config).
 KEYS = ["scripted-leaderboard", "scripted-rating-distribution", "scripted-parse-failures",
         "scripted-cost", "scripted-sources", "scripted-pairs", "scripted-quality-report"]

@@ -20,8 +20,9 @@ from flows.stage_assemble import assemble_key, publish_dataset
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
 from tasks.rating.config import JudgeEndpoint
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 @pytest.fixture(scope="module")

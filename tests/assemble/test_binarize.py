@@ -5,11 +5,19 @@ import hashlib
 
 import pytest
 
-from assemble_fixtures import ASPECTS, build, evol_rows, full, truthfulqa_questions, truthfulqa_rows, ultrachat_rows
 from storage.schemas import to_table
 from tasks.assemble.binarize import binarize, completion_score, normalize_question
 from tasks.assemble.config import PairSet, default_pairs
 from tasks.assemble.join import dataset_rows
+from tests.assemble.assemble_fixtures import (
+    ASPECTS,
+    build,
+    evol_rows,
+    full,
+    truthfulqa_questions,
+    truthfulqa_rows,
+    ultrachat_rows,
+)
 
 
 def rows_for(prompts, plan):

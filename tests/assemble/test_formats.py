@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from assemble_fixtures import realistic, truthfulqa_questions
 from tasks.assemble.config import PublishConfig
 from tasks.assemble.publish import publish
+from tests.assemble.assemble_fixtures import realistic, truthfulqa_questions
 
 FORMATS = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
 H4_SPLITS = ["train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from assemble_fixtures import build, evol_rows, full, truthfulqa_rows
 from storage.schemas import DATASET, RATINGS_LONG, SchemaError, to_table, validate_table
 from tasks.assemble.join import dataset_rows, dataset_table, fine_grained_score, long_table, rating_string
 from tasks.errors import InputError
+from tests.assemble.assemble_fixtures import build, evol_rows, full, truthfulqa_rows
 
 
 def test_dataset_row_matches_original_layout():

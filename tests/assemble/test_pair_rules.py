@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from assemble_fixtures import ASPECTS, MODELS, build, evol_rows, ultrachat_rows
 from tasks.assemble.binarize import Candidate, Prompt
 from tasks.assemble.config import PublishConfig
 from tasks.assemble.pair_rules import PairRuleSet, pick
 from tasks.assemble.publish import publish
+from tests.assemble.assemble_fixtures import ASPECTS, MODELS, build, evol_rows, ultrachat_rows
 
 PROMPTS = evol_rows(4) + ultrachat_rows(2)
 

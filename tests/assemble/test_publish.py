@@ -7,9 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from assemble_fixtures import realistic, truthfulqa_questions
 from tasks.assemble.config import PublishConfig
-from tasks.assemble.publish import publish, truthfulqa_questions as read_questions
+from tasks.assemble.publish import publish
+from tasks.assemble.publish import truthfulqa_questions as read_questions
+from tests.assemble.assemble_fixtures import realistic, truthfulqa_questions
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "sources"
 CONFIG = {"name": "assemble-test", "seed": 42, "publish": PublishConfig().model_dump()}
@@ -186,6 +187,7 @@ def test_truthfulqa_questions_file(tmp_path):
 
 def test_run_without_completions_still_publishes_loadable_files(tmp_path):
     from datasets import load_dataset
+
     from storage.schemas import SCHEMAS
 
     ins, _, _ = realistic(n_evol=4, n_ultrachat=0, n_tqa=0)

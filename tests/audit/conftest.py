@@ -16,10 +16,10 @@ import pytest
 
 from storage.keys import prompt_id
 from storage.schemas import to_table
-from tasks.audit.config import AuditConfig, BUILTIN_PATHS
-from tasks.rating.scripted_faults import FaultyJudge
-from tasks.rating.config import JudgeEndpoint, RatingConfig
+from tasks.audit.config import BUILTIN_PATHS, AuditConfig
 from tasks.backends.journal import Journal
+from tasks.rating.config import JudgeEndpoint, RatingConfig
+from tasks.rating.scripted_faults import FaultyJudge
 from tasks.rating.stage import rate_shard
 
 MODELS = ["judge-model", "model-b", "model-c", "model-d"]

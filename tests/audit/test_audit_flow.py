@@ -12,8 +12,9 @@ import pytest
 from flows.config import ConfigError, load_config
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 ENDPOINTS = ('rating.endpoints=[{name: scripted, kind: scripted, model: scripted-alpha, '
              'script: {fault: [first_position, self], marker: "[scripted-alpha]"}}, '
              '{name: second, kind: scripted, model: second-judge, script: {fault: fair}}]')

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from tasks.audit.run import figures, run_part
-from tasks.rating.scripted_faults import FaultyJudge
 from tasks.backends.journal import Journal
+from tasks.rating.scripted_faults import FaultyJudge
 from tests.audit.conftest import MARKER, SELF, audit_config, rated
 
 FAULTS = {"fair": {}, "first_position": {"bonus": 1}, "long": {"chars_per_point": 80}, "self": {"marker": MARKER}}

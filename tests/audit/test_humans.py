@@ -7,12 +7,12 @@ import pyarrow as pa
 import pytest
 
 from tasks.audit import humans
-from tasks.audit.humans import oracle_labels
 from tasks.audit.config import HumanSet
+from tasks.audit.humans import oracle_labels
 from tasks.audit.run import figures, human_part
-from tasks.rating.scripted_faults import FaultyJudge
-from tasks.errors import InputError
 from tasks.backends.journal import Journal
+from tasks.errors import InputError
+from tasks.rating.scripted_faults import FaultyJudge
 from tests.audit.conftest import audit_config, rating_config
 from tests.audit.test_faults import pick
 
@@ -25,7 +25,8 @@ def agreement(tmp_path_factory):
     for fault in ("oracle", "random"):
         d = tmp_path_factory.mktemp(fault)
         cfg = rating_config("text", fault=fault)
-        rows = pa.concat_tables([human_part(hs, cfg, 3, FaultyJudge(fault=fault, oracle=oracle_labels), Journal(d / f"{hs.name}.jsonl"))
+        rows = pa.concat_tables([human_part(hs, cfg, 3, FaultyJudge(fault=fault, oracle=oracle_labels),
+                                            Journal(d / f"{hs.name}.jsonl"))
                                  for hs in SETS])
         out[fault] = figures(rows, audit_config(bootstrap=200, human_sets=SETS), None, 3).to_pandas()
     return out

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from tasks.backends.shared_limit import PrefectGate, SharedLimit, ensure_prefect_limits, prefect_limit_specs
-from tests.servers.prefect_server import prefect_server  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.server
 

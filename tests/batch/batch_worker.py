@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from storage.schemas import to_table
 from tasks.backends.batch_state import state_path
+from tasks.backends.journal import Journal, journal_path
 from tasks.errors import BatchInFlight
 from tasks.rating.config import RatingConfig
-from tasks.backends.journal import Journal, journal_path
 from tasks.rating.judges import open_judge
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row

@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 
 from tasks.backends.batch_state import state_path
+from tasks.backends.journal import Journal
 from tasks.errors import InputError
 from tasks.rating.config import RatingConfig
-from tasks.backends.journal import Journal
 from tasks.rating.judges import open_judge
 from tasks.rating.stage import rate_shard
 from tests.servers.anthropic_server import AnthropicServer
@@ -114,7 +114,6 @@ def test_a_lost_message_batch_create_is_adopted_not_repeated(anthropic_server, s
     from tasks.backends.anthropic_messages import MessageBatchAPI, anthropic_client
     from tasks.backends.batch_state import BatchState
     from tasks.rating.stage import _body, build_calls
-    from tasks.rating import prompts
 
     cfg = RatingConfig.model_validate({"endpoints": [{"name": "judge", "kind": "anthropic", "model": "claude-test",
                                                       "api_key_env": "UF_TEST_ANTHROPIC_KEY", "answer_mode": "text"}],

@@ -11,8 +11,8 @@ import pytest
 from flows.cli import status_data
 from flows.ultrafeedback import ultrafeedback
 from tests.batch.conftest import control
-from tests.ops.helpers import published_tables, scripted
-from tests.ops.test_backfill_flow import _artifacts
+from tests.deployments.helpers import published_tables, scripted
+from tests.flows.test_backfill_flow import _artifacts
 
 pytestmark = pytest.mark.http
 

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from tasks.backends.base import make_request, message_text
+from tasks.backends.batch_settings import BatchSettings
 from tasks.backends.batch_state import BatchState, in_flight
 from tasks.backends.openai_batch import batch_backend, openai_client
 from tasks.errors import BatchInFlight, InputError
-from tasks.backends.batch_settings import BatchSettings
 from tasks.rating.config import RatingConfig
 from tasks.rating.stage import _body, build_calls
 from tests.batch.conftest import control

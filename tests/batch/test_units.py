@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.backends.anthropic_messages import to_completion, to_params
+from tasks.backends.base import result_error
 from tasks.backends.batch_lifecycle import resubmittable, split
 from tasks.backends.batch_state import BatchState, in_flight, state_path
-from tasks.backends.base import result_error
 from tasks.errors import InputError
 from tasks.rating import prompts
 from tasks.rating.config import JudgeEndpoint, Price, RatingConfig
@@ -47,7 +47,8 @@ def test_split_respects_lines_and_bytes():
 def test_which_errors_go_into_a_new_batch():
     assert resubmittable(result_error("a", "batch_expired", ""))
     assert resubmittable(result_error("a", "http_500", "")) and resubmittable(result_error("a", "http_429", ""))
-    assert not resubmittable(result_error("a", "http_400", "")) and not resubmittable(result_error("a", "invalid_request_error", ""))
+    assert not resubmittable(result_error("a", "http_400", ""))
+    assert not resubmittable(result_error("a", "invalid_request_error", ""))
 
 
 def test_batch_price_defaults_to_half_and_can_be_set():

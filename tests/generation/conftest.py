@@ -7,7 +7,6 @@ from storage.keys import prompt_id
 from storage.schemas import to_table
 from storage.shards import ShardStore
 from tasks.generation.config import GenerationConfig
-from tests.servers.fixtures import judge_server, judge_server_factory  # noqa: F401
 
 SOURCES = ["truthful_qa", "sharegpt", "evol_instruct", "flan", "ultrachat"]
 

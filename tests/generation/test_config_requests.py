@@ -8,8 +8,9 @@ from tasks.backends.base import message_text, result_error, result_ok
 from tasks.generation.config import GenerationConfig, ModelEntry, demo_pool, resolve_model
 from tasks.generation.engines import engine_groups
 from tasks.generation.requests import Planned, build_request, completion_row, request_id, request_seed
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 def test_k_larger_than_pool_error_names_the_field():

@@ -5,8 +5,9 @@ from flows.cli import status_data
 from flows.config import load_config
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 def _completions(out):

@@ -10,8 +10,9 @@ from flows.config import load_config
 from tasks.generation.config import GenerationConfig
 from tasks.generation.engines import engine_groups
 from tasks.generation.stage import GroupResult
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 def _run(monkeypatch, gpu_slots, tmp_path):

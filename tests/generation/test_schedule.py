@@ -11,8 +11,9 @@ from tasks.generation.config import GenerationConfig
 from tasks.generation.engines import engine_groups
 from tasks.generation.schedule import Job, Plan, ScheduleError, after_failure, ideal_s, plan_schedule
 from tasks.generation.schedule_pool import jobs_for_pool, plan_for_pool
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 def no_overlap(plan: Plan) -> None:

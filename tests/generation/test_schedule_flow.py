@@ -13,8 +13,9 @@ from flows.config import load_config
 from tasks.generation.engines import engine_groups
 from tasks.generation.schedule_pool import plan_for_pool
 from tasks.generation.stage import GroupResult
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 def test_engine_tasks_run_as_planned(prefect_harness, monkeypatch, tmp_path):

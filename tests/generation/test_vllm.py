@@ -22,6 +22,7 @@ from tasks.generation.config import GenerationConfig, default_engine_python, mod
 from tasks.generation.engines import engine_groups, open_backend
 from tasks.generation.stage import merge_shard, part_stage, run_group
 from tests.generation.conftest import write_instruction_shards
+from tests.paths import SCRIPTED_CONFIG
 
 MODEL = Path(models_dir()) / "SmolLM2-135M-Instruct"
 HAVE_ENGINE = Path(default_engine_python()).exists() and (MODEL / ".converted").exists()
@@ -31,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(not HAVE_ENGINE, reason=f"no vLLM engine env ({default_engine_python()}) or converted model "
                                                f"({MODEL}); run scripts/setup_local.sh"),
 ]
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 MAX_TOKENS = 24
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from storage.keys import prompt_id
 from storage.schemas import to_table
-from tests.servers.fixtures import judge_server, judge_server_factory  # noqa: F401  (pytest fixtures)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,9 @@ import sys
 import time
 
 from storage.schemas import to_table
-from tasks.rating.scripted import ScriptedJudge
-from tasks.rating.config import RatingConfig
 from tasks.backends.journal import Journal
+from tasks.rating.config import RatingConfig
+from tasks.rating.scripted import ScriptedJudge
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row
 

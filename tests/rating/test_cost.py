@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.rating.scripted import ScriptedJudge
+from tasks.backends.journal import Journal
 from tasks.rating.config import Price, RatingConfig
 from tasks.rating.cost import format_summary, merge, request_cost, summarize, summarize_table
-from tasks.backends.journal import Journal
+from tasks.rating.scripted import ScriptedJudge
 from tasks.rating.stage import rate_shard
 
 
@@ -26,8 +26,10 @@ def test_summary_counts_each_request_once_and_reports_unpriced():
     ]
     s = summarize(rows, "rate", model_key="judge_model")
     assert s == [
-        {"stage": "rate", "model": "gpt-4o", "requests": 2, "prompt_tokens": 107, "completion_tokens": 13, "usd": 0.75, "unpriced_requests": 0},
-        {"stage": "rate", "model": "local", "requests": 1, "prompt_tokens": 5, "completion_tokens": 5, "usd": None, "unpriced_requests": 1},
+        {"stage": "rate", "model": "gpt-4o", "requests": 2, "prompt_tokens": 107, "completion_tokens": 13, "usd": 0.75,
+         "unpriced_requests": 0},
+        {"stage": "rate", "model": "local", "requests": 1, "prompt_tokens": 5, "completion_tokens": 5, "usd": None,
+         "unpriced_requests": 1},
     ]
     both = merge(s, s)
     assert both[0]["requests"] == 4 and both[0]["usd"] == 1.5 and both[1]["usd"] is None

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from tasks.backends.base import make_request, result_error
-from tasks.rating.scripted import ScriptedCrash, ScriptedJudge
-from tasks.rating.config import RatingConfig
 from tasks.backends.journal import Journal, JournaledBackend, journal_path
+from tasks.rating.config import RatingConfig
+from tasks.rating.scripted import ScriptedCrash, ScriptedJudge
 from tasks.rating.stage import rate_shard
-from tests.rating.crash_worker import CFG, shard as worker_shard
+from tests.rating.crash_worker import CFG
+from tests.rating.crash_worker import shard as worker_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 24  # 3 instructions x 4 aspects + 12 critiques
@@ -85,7 +86,8 @@ def test_errors_are_not_journaled_and_are_asked_again(tmp_path):
         def _answer(self, req):
             return result_error(req["custom_id"], "http_503", "busy") if req["custom_id"] == "b" else super()._answer(req)
 
-    body = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Aspect: critique\n\n<response>\nx\n</response>"}]}
+    body = {"model": "m", "messages": [{"role": "system", "content": "s"},
+                                       {"role": "user", "content": "Aspect: critique\n\n<response>\nx\n</response>"}]}
     reqs = [make_request("a", body), make_request("b", body)]
     with JournaledBackend(Failing(), Journal(tmp_path / "j.jsonl")) as jb:
         got = {r["custom_id"]: r for r in jb.run(reqs)}

@@ -127,7 +127,8 @@ def test_critique_scores():
 
 # Rationales as a judge writes them: any words, blank lines, even a quoted "Rating: 5" in the
 # final rationale; only line-initial labels that would be structure are left out.
-_words = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+_words = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"),
+                                        blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
                  min_size=1, max_size=40).map(lambda s: s.strip() or "x")
 _para = st.lists(_words, min_size=1, max_size=3).map(lambda ws: "\n\n".join(ws))
 

@@ -7,8 +7,9 @@ from flows.config import load_config
 from flows.ultrafeedback import ultrafeedback
 from storage.shards import ShardStore
 from tasks.rating.scripted import scripted_rating
+from tests.paths import SCRIPTED_CONFIG
 
-CFG = "tests/fixtures/configs/scripted.yaml"
+CFG = SCRIPTED_CONFIG
 
 
 def test_rate_stage_on_existing_completions_then_rerun_and_backfill(prefect_harness, tmp_path):

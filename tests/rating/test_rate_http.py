@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tasks.rating.judges import judge_backend
-from tasks.rating.cost import summarize_table
 from tasks.backends.journal import Journal
+from tasks.rating.cost import summarize_table
+from tasks.rating.judges import judge_backend
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, ROOT
 from tests.rating.crash_worker import http_config, shard

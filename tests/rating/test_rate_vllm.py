@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from storage.schemas import to_table
+from tasks.backends.journal import Journal
 from tasks.generation.config import default_engine_python, models_dir
 from tasks.rating.config import RatingConfig
-from tasks.backends.journal import Journal
 from tasks.rating.judges import close_engines, open_judge
 from tasks.rating.stage import rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from storage.schemas import RATINGS, to_table
-from tasks.rating.scripted import ScriptedJudge, is_reask, scripted_rating, scripted_score, scripted_types
+from tasks.backends.journal import Journal
 from tasks.errors import TransientError
 from tasks.rating.config import RatingConfig
-from tasks.backends.journal import Journal
 from tasks.rating.protocol import ASPECTS, TYPED_ASPECTS
+from tasks.rating.scripted import ScriptedJudge, is_reask, scripted_rating, scripted_score, scripted_types
 from tasks.rating.stage import permutation, rate_shard
 from tests.rating.conftest import ANSWERS, QUESTIONS, completion_row
 
@@ -102,13 +102,15 @@ def test_a_hopeless_answer_becomes_data_after_at_most_n_reasks(shard, tmp_path, 
 
 
 def test_permanent_error_is_data_and_transient_error_is_retried_from_the_journal(shard, tmp_path):
-    honesty_400 = ScriptedJudge(error_fn=lambda b: ("http_400", "bad request") if "Aspect: honesty" in b["messages"][1]["content"] else None)
+    honesty_400 = ScriptedJudge(
+        error_fn=lambda b: ("http_400", "bad request") if "Aspect: honesty" in b["messages"][1]["content"] else None)
     table, stats, _ = run(shard, tmp_path, config("structured"), honesty_400, name="a.jsonl")
     failed = [r for r in table.to_pylist() if r["parse_status"] == "failed"]
     assert len(failed) == 12 and {r["aspect"] for r in failed} == {"honesty"}
     assert all(r["rating"] is None and r["parse_reason"] == "request failed: http_400: bad request" for r in failed)
 
-    flaky = ScriptedJudge(error_fn=lambda b: ("http_500", "overloaded") if "Aspect: critique" in b["messages"][1]["content"] else None)
+    flaky = ScriptedJudge(
+        error_fn=lambda b: ("http_500", "overloaded") if "Aspect: critique" in b["messages"][1]["content"] else None)
     with pytest.raises(TransientError, match="12 of 24 judge requests failed"):
         run(shard, tmp_path, config("structured"), flaky, name="b.jsonl")
     healthy = ScriptedJudge()

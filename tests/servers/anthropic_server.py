@@ -5,7 +5,8 @@ POST /v1/messages; POST /v1/messages/batches, GET /v1/messages/batches (newest f
 `limit`, `after_id`), GET /v1/messages/batches/{id}, GET /v1/messages/batches/{id}/results
 (JSONL), POST /v1/messages/batches/{id}/cancel; the key in `x-api-key` (or `Authorization:
 Bearer`, as recent SDKs send it) and an `anthropic-version` header. Controls: POST
-/_faults {"overloaded": N, "rate_limited": N, "expire": N}, GET /_stats. Outputs: Messages (`content` blocks, `stop_reason`, `usage.input_tokens`/
+/_faults {"overloaded": N, "rate_limited": N, "expire": N}, GET /_stats. Outputs: Messages (`content`
+blocks, `stop_reason`, `usage.input_tokens`/
 `output_tokens`) from the scripted judge of the OpenAI test server (a forced tool gets the
 structured answer as its `input`), `anthropic-ratelimit-requests-*` headers (RFC 3339
 reset), 429 with `retry-after` past `rpm`, 529 `overloaded_error`, and batches that end at

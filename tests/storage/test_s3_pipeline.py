@@ -31,11 +31,12 @@ import yaml
 
 from flows.config import load_config
 from storage.shards import table_hash
-from tests.servers.prefect_server import free_port, prefect_server, stop_process  # noqa: F401  (fixture)
+from tests.paths import SCRIPTED_CONFIG
+from tests.servers.prefect_server import free_port, stop_process
 
 pytestmark = [pytest.mark.s3, pytest.mark.server]
 ROOT = Path(__file__).resolve().parents[2]
-CFG = ROOT / "tests" / "fixtures" / "configs" / "scripted.yaml"
+CFG = Path(SCRIPTED_CONFIG)
 BUCKET = "uf-pipeline"
 RUN_TIMEOUT_S = 240
 
@@ -94,7 +95,7 @@ class Run:
             full["UF_TEST_PAUSE"] = pause
         cmd = list(args) or ["run", "--config", str(self.config)]
         log = open(self.logs / f"start-{self.starts}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "tests.hardening.kill_worker", *cmd, "--no-progress"],
+        proc = subprocess.Popen([sys.executable, "-m", "tests.faults.kill_worker", *cmd, "--no-progress"],
                                 cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return proc, flag
