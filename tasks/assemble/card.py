@@ -65,8 +65,13 @@ def _pair_sets(config: dict) -> dict[str, dict]:
 
 
 def pair_subsets(config: dict) -> list[tuple[str, list[tuple[str, str]], str]]:
-    return [(name, [(split, f"preferences/{name}/{split}-*.parquet") for split in LAYOUT_SPLITS[ps["layout"]]],
+    """Every pair set as a card config: `publish.pairs` by layout, and the `publish.pair_rules`
+    sets (tulu3, delta, on-policy), each one train split."""
+    sets = [(name, [(split, f"preferences/{name}/{split}-*.parquet") for split in LAYOUT_SPLITS[ps["layout"]]],
              LAYOUT_SCHEMA[ps["layout"]]) for name, ps in _pair_sets(config).items()]
+    rules = (config.get("publish") or {}).get("pair_rules") or []
+    return sets + [(rs["name"], [("train", f"preferences/{rs['name']}/train-*.parquet")], "preferences_rules")
+                   for rs in rules]
 
 
 def present_subsets(files: list[str], config: dict | None = None) -> list[tuple[str, list[tuple[str, str]], str]]:

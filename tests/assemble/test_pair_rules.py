@@ -75,9 +75,10 @@ def published(tmp_path_factory):
     out = tmp_path_factory.mktemp("rules")
     ins, comps, rates = build(PROMPTS, _plan())
     assert "critique" not in set(rates["aspect"].to_pylist())
-    config = {"name": "rules", "generation": {"models": [{"name": MODELS[2], "policy": True}]}}
-    result = publish(ins, comps, rates, output=str(out), config=config, seed=5,
-                     publish_cfg=PublishConfig(test_size=1, pair_rules=SETS, plots=False))
+    publish_cfg = PublishConfig(test_size=1, pair_rules=SETS, plots=False)
+    config = {"name": "rules", "generation": {"models": [{"name": MODELS[2], "policy": True}]},
+              "publish": publish_cfg.model_dump(mode="json")}  # as the run config dump carries it
+    result = publish(ins, comps, rates, output=str(out), config=config, seed=5, publish_cfg=publish_cfg)
     return out, result
 
 
@@ -138,3 +139,14 @@ def test_delta_needs_no_ratings_at_all(tmp_path):
                      seed=5, publish_cfg=cfg)
     assert result.pair_stats["delta.pairs"] == 6 and result.pair_stats["h4.pairs"] == 0
     assert _load(tmp_path, "preferences/delta", tmp_path / "c").num_rows == 6
+
+
+def test_the_card_lists_the_rule_sets_as_configs_that_load_by_name(published, tmp_path):
+    from datasets import load_dataset
+
+    out, result = published
+    card = (out / "README.md").read_text(encoding="utf-8")
+    for name in ("tulu3", "tulu3_on_policy", "delta"):
+        assert f"config_name: {name}" in card and f"preferences/{name}/train-*.parquet" in card
+    tulu = load_dataset(str(out), "tulu3", cache_dir=str(tmp_path))["train"]
+    assert tulu.num_rows == result.pair_stats["tulu3.pairs"] and tulu[0]["rule"] == "tulu3"
