@@ -318,7 +318,7 @@ def test_flow_under_a_fault_mix_publishes_the_clean_dataset(prefect_harness, tmp
         cfg = load_config(SCRIPTED_CONFIG, [
             "rating.judge=http", "rating.endpoints.0.name=http", "rating.endpoints.0.kind=openai_compatible",
             "rating.endpoints.0.model=judge", f"rating.endpoints.0.base_url={srv.url}",
-            "rating.endpoints.0.answer_mode=text", "rating.endpoints.0.timeout_s=1", "publish.plots=false"],
+            "rating.endpoints.0.answer_mode=text", "rating.endpoints.0.timeout_s=3", "publish.plots=false"],
             output=str(out))
         return ultrafeedback(config=cfg)
 
@@ -326,7 +326,9 @@ def test_flow_under_a_fault_mix_publishes_the_clean_dataset(prefect_harness, tmp
     # Bad answers come first (count): they hit first-round requests, whose one re-ask then
     # reads well; transport faults (rate) can hit anything and are retried.
     faults = [Fault("truncate", count=3), Fault("malformed", count=3), Fault("429", arg=0.2, rate=0.05),
-              Fault("503", rate=0.05), Fault("reset", rate=0.03), Fault("hang", arg=2.0, rate=0.01)]
+              Fault("503", rate=0.05), Fault("reset", rate=0.03), Fault("hang", arg=6.0, rate=0.01)]
+    # The client's timeout (3 s) sits well above an ordinary answer on a loaded machine and
+    # well below a hang (6 s): only hung requests time out, and the server answers none of them.
     noisy = Server(faults=faults, seed=3).start()
     try:
         run(tmp_path / "clean", clean)

@@ -166,7 +166,9 @@ def test_429_storm_without_retry_after_backs_off_once_per_congestion_event(tmp_p
         st = stop(srv)
     check_exact(rows)
     assert st["faults"] == {"429": 6} and st["duplicates"] == [] and st["requests"] == REQUESTS + 6
-    assert handed_back == [] and elapsed < 20  # per-event backoff: six 429s do not add up to minutes
+    # Per-event backoff: six 429s do not add up to minutes. Doubling per response would pause
+    # 1+2+4+8+16+32 = 63 s; per event it took about 13 s here, up to 20 s with the suite beside it.
+    assert handed_back == [] and elapsed < 45
     record("429 storm without Retry-After", st, handed_back, elapsed_s=round(elapsed, 2))
 
 
