@@ -141,10 +141,8 @@ def apply_override(raw: dict, assignment: str) -> None:
         node[last] = parsed
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                output: str | None = None) -> RunConfig:
-    """Load, override and validate; raises ConfigError naming the field."""
-    path = Path(path) if path else default_config_path()
+def read_config(path: Path, overrides: list[str] | None = None, output: str | None = None) -> dict:
+    """A config file as data: parsed, overridden, paths made absolute (not yet validated)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -157,8 +155,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         apply_override(raw, assignment)
     if output:
         raw["output"] = output
-    raw = _resolve_paths(raw, path.resolve().parent)
-    return validate_config(raw, origin=str(path))
+    return _resolve_paths(raw, path.resolve().parent)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                output: str | None = None) -> RunConfig:
+    """Load, override and validate; raises ConfigError naming the field."""
+    path = Path(path) if path else default_config_path()
+    return validate_config(read_config(path, overrides, output), origin=str(path))
 
 
 def validate_config(raw: dict | RunConfig, origin: str = "parameters") -> RunConfig:

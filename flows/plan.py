@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError, model_validator
 
-from flows.config import ConfigError, RunConfig, _format_error, _resolve_paths, apply_override
+from flows.config import ConfigError, RunConfig, _format_error, read_config
 from tasks.generation.engines import VLLM_MODES, engine_groups
 from tasks.generation.principles import system_prompts
 from tasks.generation.schedule_pool import plan_for_pool
@@ -66,17 +65,7 @@ class PlanConfig(RunConfig):
 
 def load_plan_config(path: str, overrides: list[str] | None = None) -> PlanConfig:
     file = Path(path)
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {file}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: top level must be a mapping")
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
-    raw = _resolve_paths(raw, file.resolve().parent)
+    raw = read_config(file, overrides)
     try:
         return PlanConfig.model_validate(raw)
     except ValidationError as exc:
