@@ -26,6 +26,8 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
+from tasks.generation.schedule_runtime import may_leave
+
 
 @dataclass
 class SimJob:
@@ -100,8 +102,10 @@ class _Sim:
         if server.end is not None:
             return
         q = self.queue[server.engine_id]
-        leaving = (server.leave_after_s is not None and self.now >= server.start + server.leave_after_s - 1e-9
-                   and (pending_servers > 0 or self.on_track_without(server)))
+        others = sum(s.replicas for s in self.active(server.engine_id) if s is not server)
+        left_s = sum(job.parts[i] for i in q) / job.tps
+        leaving = may_leave(self.now, server.start, server.leave_after_s, pending_servers, others, left_s,
+                            server.slack_end)
         if not q or leaving:
             server.running -= 1
             if server.running == 0:
@@ -112,15 +116,6 @@ class _Sim:
         server.in_flight[r] = (part, self.now + took)
         self.generating += took * job.tp
         self.push(self.now + took, "done", server, r, part)
-
-    def on_track_without(self, server: Server) -> bool:
-        """The engine's other replicas can drain its queue by its (shifted) planned end."""
-        job = self.jobs[server.engine_id]
-        others = sum(s.replicas for s in self.active(server.engine_id) if s is not server)
-        if not others:
-            return False
-        left_s = sum(job.parts[i] for i in self.queue[server.engine_id]) / (job.tps * others)
-        return self.now + left_s <= (server.slack_end or 0.0) + 1e-9
 
     def part_finished(self, server: Server, r: int, part: int) -> bool:
         """Record a part; returns False when the failure hook killed the server instead."""
