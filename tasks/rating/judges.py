@@ -49,7 +49,9 @@ class SharedEngine:
     def __enter__(self) -> "SharedEngine":
         with _lock:
             engine = _engines.get(self.endpoint.name)
-            if engine is not None and not engine.alive():
+            # healthy, not merely alive: a server killed a moment ago still runs while it dies,
+            # and reusing it would fail the shard's retry instead of relaunching
+            if engine is not None and not engine.healthy():
                 engine.__exit__(None, None, None)
                 engine = None
             if engine is None:
