@@ -90,6 +90,8 @@ def judge_notes(cfg) -> list[str]:
 
 
 def _audit_section(store: ShardStore) -> str | None:
+    if not store.refs("audit"):
+        return None  # no audit in this run: its statistics (scipy) are not even imported
     from flows.stage_audit import card_section
 
     return card_section(store)
