@@ -16,7 +16,13 @@ fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d)}"
 set +e
-"${UF_VENV:-$REPO/.venv}/bin/python" -m pytest -ra "$@"
+# Tests run on UF_TEST_WORKERS processes (pytest-xdist; default 3: most tests wait on servers,
+# so three share two cores well); a module stays on one worker and the vLLM tests share one
+# (tests/conftest.py). UF_TEST_WORKERS=0 runs everything in this process.
+workers="${UF_TEST_WORKERS:-3}"
+dist=()
+if [[ "$workers" != "0" ]]; then dist=(-n "$workers" --dist loadgroup); fi
+"${UF_VENV:-$REPO/.venv}/bin/python" -m pytest -ra "${dist[@]}" "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests" >&2; exit 1; fi

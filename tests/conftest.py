@@ -41,3 +41,18 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# Parallel runs (pytest-xdist, `-n 2 --dist loadgroup`, as scripts/test.sh runs them): a test
+# module stays on one worker, so its module-scoped servers start once; every test that starts
+# a CPU vLLM engine shares one group, so two engines never compete for the cores (their start-up
+# timeouts assume a core or two each), and that group is handed out first because it is the
+# longest. Without xdist the marks do nothing.
+HEAVY_FIRST = "vllm"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = HEAVY_FIRST if item.get_closest_marker("vllm") else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not item.get_closest_marker("vllm"))  # stable: the rest keep their order
