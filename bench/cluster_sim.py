@@ -137,10 +137,12 @@ def run(gpu_counts: list[int], load_scale: float, fail: tuple[str, float] | None
         ideal = sum(s.tp * (s.load_s + sum(s.parts) / s.tps) for s in sims) / gpus
         static = plan_schedule(jobs, gpus, per_node, mode="static")
         elastic = plan_schedule(jobs, gpus, per_node, mode="elastic")
+        estimates = {j.engine_id: j.work_s for j in jobs}
         for name, schedule, kw in (
                 ("today", "today", {}),
                 ("static plan", static, {}),
-                ("elastic plan", elastic, {"elastic": True})):
+                ("elastic plan", elastic, {"elastic": True, "estimates": estimates}),
+                ("elastic, re-planned", elastic, {"elastic": True, "estimates": estimates, "replanning": True})):
             started = time.perf_counter()
             res = simulate(sims, gpus, per_node, schedule, fail=fail, **kw)
             r = row(gpus, name, res, ideal, sims)
