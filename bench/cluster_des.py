@@ -128,8 +128,9 @@ class _Sim:
         observed pace once enough parts are done, the planner's estimate before."""
         job = self.jobs[engine_id]
         planned = self.estimate.get(engine_id, sum(job.parts) / job.tps / len(job.parts))
+        in_flight = sum(len(s.in_flight) for s in self.active(engine_id))
         return observed_left_s(len(self.queue[engine_id]), self.done[engine_id], self.spent[engine_id], planned,
-                               MIN_OBSERVED)
+                               MIN_OBSERVED, in_flight)
 
     def part_finished(self, server: Server, r: int, part: int) -> bool:
         """Record a part; returns False when the failure hook killed the server instead."""

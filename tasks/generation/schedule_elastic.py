@@ -13,6 +13,11 @@ groups of their width; a group holds one segment (a load, then generation) until
 the remainder spills into the next group, paying another load there. A segment shorter
 than `min_replica_s` of generation is not worth its load and is not placed. The smallest
 T that holds every engine is found by bisection.
+
+Re-planning mid-run (`replan_elastic`, through `schedule_runtime.replan`): servers already
+up (`Live`) are filled first, each until T in turn, since they pay no further load; those
+their engine no longer needs stop now and their GPUs join the pour. The work then left is
+poured as above.
 """
 from __future__ import annotations
 

@@ -63,8 +63,9 @@ def replan(now_s: float, engines: list[tuple[str, int, float, float, int | None]
 
 
 def observed_left_s(parts_left: int, parts_done: int, generating_s: float, planned_s_per_part: float,
-                    min_observed: int = 32) -> float:
-    """An engine's queued work in seconds of one replica: at the pace its replicas have shown
-    (`generating_s` over `parts_done`) once `min_observed` parts are done, else the estimate."""
+                    min_observed: int = 32, in_flight: int = 0) -> float:
+    """An engine's work left in seconds of one replica: at the pace its replicas have shown
+    (`generating_s` over `parts_done`) once `min_observed` parts are done, else the estimate.
+    A part in flight counts half (on average half of it is still to do)."""
     per_part = generating_s / parts_done if parts_done >= min_observed else planned_s_per_part
-    return parts_left * per_part
+    return (parts_left + in_flight / 2) * per_part
