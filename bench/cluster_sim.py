@@ -177,7 +177,7 @@ def plot(gantt: dict, path: str) -> None:
                         height=0.9)
                 ax.barh(g, (s.end - s.ready) / 60, left=s.ready / 60, color=colours[s.engine_id], height=0.9)
         end = max(s.end for s in gantt[key]) / 60
-        ax.set_title(f"{gpus} GPUs, {name}: {end:.0f} min")
+        ax.set_title(f"{gpus} GPUs, {name}: {end:.1f} min")
         ax.set_xlabel("minutes (pale: loading)")
         ax.set_ylabel("GPU")
         ax.set_ylim(gpus - 0.5, -0.5)  # every GPU, idle ones too
