@@ -14,7 +14,11 @@ servers, so replicas balance by themselves. A server of an elastic plan leaves a
 planned duration after its real start if a later server of its engine is still to come,
 or if the others can drain the queue by the engine's planned end (shifted by this
 server's delay); otherwise it stays (an engine slower than estimated keeps its GPUs). A
-part in flight is always finished first, so nothing is lost.
+part in flight is always finished first, so nothing is lost. The work left is judged as a
+flow can: parts left at the pace observed so far (the planner's estimate until 32 parts
+are done). With `replanning`, whenever a server ends or an engine's pace is first
+measured, `schedule_runtime.replan` re-plans what is left: servers up get new planned
+ends, and the servers not yet started are replaced by the new plan's.
 `fail=(engine, fraction)` kills one server of that engine once that fraction of its parts
 is done: its parts in flight go back to the queue and the server restarts on the same
 GPUs with a fresh load (the orchestrator's retry).

@@ -7,9 +7,10 @@ Run:  python bench/cluster_sim.py [--gpus 8 64] [--out bench/results/cluster_sim
 Inputs: the original's 17-model pool (14 open models on GPUs, 3 API models off them),
 63,967 instructions x 4 completions drawn by the project's own seeded draw
 (`tasks.generation.draws`), and the engine time model below. Outputs: one row per GPU
-count and schedule (makespan, ideal, GPU-busy fraction, judge start), a JSON file and a
-Gantt plot. Pure computation, seconds on a laptop; no GPU and no Prefect run is involved:
-the real flow at this scale (1,000 shards, 17 engines, hours of simulated time) is driven
+count and schedule (today, static plan, elastic plan, elastic re-planned at run time:
+makespan, ideal, lower bound, GPU-busy fraction, judge start), a JSON file and a Gantt
+plot. Pure computation, seconds on a laptop; no GPU and no Prefect run is involved: the
+real flow at this scale (1,000 shards, 17 engines, hours of simulated time) is driven
 instead by the planner (`tasks.generation.schedule`) plus a discrete-event simulation of
 the engines (`bench/cluster_des.py`).
 
