@@ -17,8 +17,9 @@ server's delay); otherwise it stays (an engine slower than estimated keeps its G
 part in flight is always finished first, so nothing is lost. The work left is judged as a
 flow can: parts left at the pace observed so far (the planner's estimate until 32 parts
 are done). With `replanning`, whenever a server ends or an engine's pace is first
-measured, `schedule_runtime.replan` re-plans what is left: servers up get new planned
-ends, and the servers not yet started are replaced by the new plan's.
+measured, or a server outstays its planned time, `schedule_runtime.replan` re-plans what
+is left: servers up get new planned ends, and the servers not yet started are replaced by
+the new plan's.
 `fail=(engine, fraction)` kills one server of that engine once that fraction of its parts
 is done: its parts in flight go back to the queue and the server restarts on the same
 GPUs with a fresh load (the orchestrator's retry).
@@ -30,7 +31,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from tasks.generation.schedule_runtime import may_leave, observed_left_s, replan
+from tasks.generation.schedule_runtime import may_leave, observed_left_s, overdue, replan
 
 MIN_OBSERVED = 32  # parts an engine must have done before its pace replaces the estimate
 
@@ -55,6 +56,7 @@ class Server:
     end: float | None = None
     leave_after_s: float | None = None  # elastic: planned duration
     slack_end: float | None = None  # elastic: the engine's planned end, shifted by this server's delay
+    asked: int = -1  # the plan version in which it last asked for a re-plan
     running: int = 0
     in_flight: dict = field(default_factory=dict)  # replica -> (part index, when it will be done)
 
@@ -88,6 +90,7 @@ class _Sim:
         self.spent = dict.fromkeys(self.jobs, 0.0)  # replica-seconds those parts took
         self.estimate: dict[str, float] = {}  # planned seconds per part of one replica
         self.replan_due = False
+        self.version = 0  # plans made so far
 
     def push(self, t: float, kind: str, *data) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, data))
@@ -116,6 +119,9 @@ class _Sim:
         left_s = self.left_s(server.engine_id)
         leaving = may_leave(self.now, server.start, server.leave_after_s, pending_servers, others, left_s,
                             server.slack_end)
+        if q and overdue(self.now, server.start, server.leave_after_s, leaving, server.asked == self.version):
+            server.asked = self.version
+            self.replan_due = True  # it stays past its plan: re-plan around it
         if not q or leaving:
             server.running -= 1
             if server.running == 0:
@@ -233,6 +239,7 @@ def simulate(jobs: list[SimJob], gpus: int, per_node: int, schedule, elastic: bo
         """Re-plan what is left from the observed pace; live servers get new planned ends."""
         live = [s for s in sim.servers if s.end is None]
         engines = [(e, j.tp, j.load_s, sim.left_s(e), None) for e, j in sim.jobs.items() if sim.queue[e]]
+        sim.version += 1
         ends, placed = replan(sim.now, engines, [(s.engine_id, s.gpus, s.replicas, s.ready) for s in live],
                               gpus, per_node)
         follow(placed)

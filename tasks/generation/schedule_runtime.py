@@ -16,7 +16,9 @@ A request or shard part in flight is always finished first.
 server ends, or once an engine's speed is first measured): the servers that are up keep
 their GPUs as long as their engine needs them (they pay no second load), and the rest is
 poured onto the GPUs as they free up, as the plan was. Its new ends become the servers'
-planned durations for `may_leave`.
+planned durations for `may_leave`. A server that outstays its planned time (`overdue`:
+its engine is behind) asks once for a new plan, so the servers planned after it on its
+GPUs are re-planned around it instead of waiting.
 """
 from __future__ import annotations
 
@@ -69,3 +71,10 @@ def observed_left_s(parts_left: int, parts_done: int, generating_s: float, plann
     A part in flight counts half (on average half of it is still to do)."""
     per_part = generating_s / parts_done if parts_done >= min_observed else planned_s_per_part
     return (parts_left + in_flight / 2) * per_part
+
+
+def overdue(now_s: float, started_s: float, planned_s: float | None, leaving: bool, asked: bool) -> bool:
+    """True when a server has outstayed its planned time (its engine is behind, so it keeps
+    its GPUs from the servers planned after it) and has not asked since the last plan: the
+    moment to re-plan, rather than let those servers wait unplanned."""
+    return planned_s is not None and not leaving and not asked and now_s >= started_s + planned_s - 1e-9

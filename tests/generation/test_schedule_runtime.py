@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tasks.generation.schedule_runtime import may_leave, observed_left_s, replan
+from tasks.generation.schedule_runtime import may_leave, observed_left_s, overdue, replan
 
 
 def test_a_server_stays_until_its_planned_time_is_up():
@@ -97,3 +97,11 @@ def test_the_pace_replaces_the_estimate_once_enough_parts_are_done():
     assert observed_left_s(10, 5, 50.0, planned_s_per_part=2.0, min_observed=8) == 20.0  # too few: estimate
     assert observed_left_s(10, 8, 40.0, planned_s_per_part=2.0, min_observed=8) == 50.0  # 5 s a part seen
     assert observed_left_s(0, 100, 40.0, planned_s_per_part=2.0) == 0.0
+
+
+def test_a_server_staying_past_its_plan_asks_once_for_a_new_plan():
+    assert overdue(100.0, 0.0, 100.0, leaving=False, asked=False)
+    assert not overdue(100.0, 0.0, 100.0, leaving=False, asked=True)  # asked already under this plan
+    assert not overdue(100.0, 0.0, 100.0, leaving=True, asked=False)  # it leaves: nothing to re-plan
+    assert not overdue(99.0, 0.0, 100.0, leaving=False, asked=False)  # its time is not up
+    assert not overdue(1e6, 0.0, None, leaving=False, asked=False)  # a static server has no planned end
