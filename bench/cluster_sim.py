@@ -2,13 +2,15 @@
 
 Run:  python bench/cluster_sim.py [--gpus 8 64] [--out bench/results/cluster_sim.json]
                                   [--plot docs/cluster_sim.png] [--load-scale 1.0]
+                                  [--fail ENGINE@FRACTION] [--speed-seed 43]
 
 Inputs: the original's 17-model pool (14 open models on GPUs, 3 API models off them),
 63,967 instructions x 4 completions drawn by the project's own seeded draw
 (`tasks.generation.draws`), and the engine time model below. Outputs: one row per GPU
-count and schedule (makespan, ideal, GPU-busy fraction, judge start), a JSON file and a
-Gantt plot. Pure computation, seconds on a laptop; no GPU and no Prefect run is involved:
-the real flow at this scale (1,000 shards, 17 engines, hours of simulated time) is driven
+count and schedule (today, static plan, elastic plan, elastic re-planned at run time:
+makespan, ideal, lower bound, GPU-busy fraction, judge start), a JSON file and a Gantt
+plot. Pure computation, seconds on a laptop; no GPU and no Prefect run is involved: the
+real flow at this scale (1,000 shards, 17 engines, hours of simulated time) is driven
 instead by the planner (`tasks.generation.schedule`) plus a discrete-event simulation of
 the engines (`bench/cluster_des.py`).
 
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cluster_des import SimJob, simulate  # noqa: E402
 from tasks.generation.draws import draw_models, rng_for  # noqa: E402
-from tasks.generation.schedule import Job, plan_schedule  # noqa: E402
+from tasks.generation.schedule import Job, lower_bound_s, plan_schedule  # noqa: E402
 
 # The original's pool: name -> parameters (billions); None = API model (no GPU).
 POOL = {"gpt-4": None, "gpt-3.5-turbo": None, "bard": None,
@@ -93,10 +95,10 @@ def capped_mean() -> float:
     return sum(min(MAX_TOKENS, rng.lognormvariate(mu, SIGMA)) for _ in range(100_000)) / 100_000
 
 
-def build(parts: dict[str, list[float]], requests: dict[str, int], load_scale: float
-          ) -> tuple[list[Job], list[SimJob]]:
+def build(parts: dict[str, list[float]], requests: dict[str, int], load_scale: float,
+          speed_seed: int = SEED + 1) -> tuple[list[Job], list[SimJob]]:
     """Planner jobs (estimates) and simulated engines (drawn lengths, speed off by +-10%)."""
-    noise = random.Random(SEED + 1)
+    noise = random.Random(speed_seed)
     jobs, sims = [], []
     for name, params in POOL.items():
         if params is None:
@@ -118,32 +120,37 @@ def judge_start(res, sims: list[SimJob]) -> float:
     return min(per_shard.values())
 
 
-def row(gpus: int, name: str, res, ideal: float, sims) -> dict:
+def row(gpus: int, name: str, res, ideal: float, bound: float, sims) -> dict:
     return {"gpus": gpus, "schedule": name, "makespan_s": round(res.makespan_s), "ideal_s": round(ideal),
-            "vs_ideal": round(res.makespan_s / ideal, 3),
+            "vs_ideal": round(res.makespan_s / ideal, 3), "bound_vs_ideal": round(bound / ideal, 3),
             "gpu_busy": round(res.busy_gpu_s / (gpus * res.makespan_s), 3),
             "gpu_generating": round(res.generating_gpu_s / (gpus * res.makespan_s), 3),
             "loads": res.loads, "judge_start_stagewise_s": round(res.makespan_s),
             "judge_start_pipelined_s": round(judge_start(res, sims))}
 
 
-def run(gpu_counts: list[int], load_scale: float, fail: tuple[str, float] | None = None) -> tuple[list[dict], dict]:
+def run(gpu_counts: list[int], load_scale: float, fail: tuple[str, float] | None = None,
+        speed_seed: int = SEED + 1) -> tuple[list[dict], dict]:
     parts, requests = workload()
-    jobs, sims = build(parts, requests, load_scale)
+    jobs, sims = build(parts, requests, load_scale, speed_seed)
     rows, gantt = [], {}
     for gpus in gpu_counts:
         per_node = min(8, gpus)
         # the ideal from the simulated (actual) work: every model loaded once, no GPU idle
         ideal = sum(s.tp * (s.load_s + sum(s.parts) / s.tps) for s in sims) / gpus
+        # what no schedule beats on this work: each engine pays the fewest loads it needs
+        bound = lower_bound_s([Job(s.engine_id, s.tp, sum(s.parts) / s.tps, s.load_s) for s in sims], gpus)
         static = plan_schedule(jobs, gpus, per_node, mode="static")
         elastic = plan_schedule(jobs, gpus, per_node, mode="elastic")
+        estimates = {j.engine_id: j.work_s for j in jobs}
         for name, schedule, kw in (
                 ("today", "today", {}),
                 ("static plan", static, {}),
-                ("elastic plan", elastic, {"elastic": True})):
+                ("elastic plan", elastic, {"elastic": True, "estimates": estimates}),
+                ("elastic, re-planned", elastic, {"elastic": True, "estimates": estimates, "replanning": True})):
             started = time.perf_counter()
             res = simulate(sims, gpus, per_node, schedule, fail=fail, **kw)
-            r = row(gpus, name, res, ideal, sims)
+            r = row(gpus, name, res, ideal, bound, sims)
             if schedule != "today":
                 r["planned_makespan_s"] = round(schedule.makespan_s)
             r["sim_s"] = round(time.perf_counter() - started, 2)
@@ -171,7 +178,7 @@ def plot(gantt: dict, path: str) -> None:
                         height=0.9)
                 ax.barh(g, (s.end - s.ready) / 60, left=s.ready / 60, color=colours[s.engine_id], height=0.9)
         end = max(s.end for s in gantt[key]) / 60
-        ax.set_title(f"{gpus} GPUs, {name}: {end:.0f} min")
+        ax.set_title(f"{gpus} GPUs, {name}: {end:.1f} min")
         ax.set_xlabel("minutes (pale: loading)")
         ax.set_ylabel("GPU")
         ax.set_ylim(gpus - 0.5, -0.5)  # every GPU, idle ones too
@@ -185,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--load-scale", type=float, default=1.0, help="multiply every load time")
+    ap.add_argument("--speed-seed", type=int, default=SEED + 1, help="seed of the per-engine speed error")
     ap.add_argument("--fail", default=None, help="ENGINE@FRACTION: one server of ENGINE dies at that progress")
     ap.add_argument("--out", default=None, help="write the rows as JSON")
     ap.add_argument("--plot", default=None, help="write the Gantt chart (PNG)")
@@ -193,15 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail:
         engine, frac = args.fail.split("@")
         fail = (engine, float(frac))
-    rows, gantt = run(args.gpus, args.load_scale, fail)
-    cols = ["gpus", "schedule", "makespan_s", "ideal_s", "vs_ideal", "gpu_busy", "gpu_generating", "loads",
+    rows, gantt = run(args.gpus, args.load_scale, fail, args.speed_seed)
+    cols = ["gpus", "schedule", "makespan_s", "ideal_s", "vs_ideal", "bound_vs_ideal", "gpu_busy", "gpu_generating", "loads",
             "judge_start_stagewise_s", "judge_start_pipelined_s", "planned_makespan_s"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r.get(c, "-")) for c in cols))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"load_scale": args.load_scale, "fail": args.fail, "rows": rows},
+        Path(args.out).write_text(json.dumps({"load_scale": args.load_scale, "fail": args.fail, "speed_seed": args.speed_seed,
+                                              "rows": rows},
                                              indent=1))
     if args.plot:
         plot(gantt, args.plot)

@@ -59,6 +59,35 @@ def ideal_s(jobs: list[Job], gpus: int) -> float:
     return sum(j.tp * (j.load_s + j.work_s) for j in jobs if j.tp) / gpus
 
 
+def lower_bound_s(jobs: list[Job], gpus: int) -> float:
+    """A makespan no plan beats: the smallest T at which every engine's work fits with the
+    fewest loads it needs (a replica generates at most T - its load, so an engine needs
+    ceil(work / (T - load)) loads) and all of it fits on the GPUs. Above `ideal_s` once
+    GPUs outnumber what one load per engine covers."""
+    gpu_jobs = [j for j in jobs if j.tp and j.work_s > 0]
+    if not gpu_jobs:
+        return ideal_s(jobs, gpus)
+
+    def fits(t: float) -> bool:
+        need = 0.0
+        for j in gpu_jobs:
+            if t <= j.load_s:
+                return False
+            loads = math.ceil(j.work_s / (t - j.load_s) - 1e-9)
+            if loads > gpus // j.tp:
+                return False
+            need += j.tp * (j.work_s + loads * j.load_s)
+        return need <= gpus * t + 1e-6
+
+    lo, hi = ideal_s(jobs, gpus), sum(j.load_s + j.work_s for j in gpu_jobs) + 1.0
+    if fits(lo):
+        return lo
+    while hi - lo > 0.01:  # need(T) only falls as T grows, gpus * T rises: one crossing
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 def _max_replicas(job: Job, gpus: int, replicate: bool, min_replica_s: float | None = None) -> int:
     """As many replicas as the GPUs and the cap allow, but each must generate at least as
     long as it loads (`min_replica_s`, default the load time): a load is not paid for a sliver."""

@@ -13,8 +13,15 @@ groups of their width; a group holds one segment (a load, then generation) until
 the remainder spills into the next group, paying another load there. A segment shorter
 than `min_replica_s` of generation is not worth its load and is not placed. The smallest
 T that holds every engine is found by bisection.
+
+Re-planning mid-run (`replan_elastic`, through `schedule_runtime.replan`): servers already
+up (`Live`) are filled first, each until T in turn, since they pay no further load; those
+their engine no longer needs stop now and their GPUs join the pour. The work then left is
+poured as above.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tasks.generation.schedule_plan import Job, Placement
 
@@ -27,35 +34,79 @@ ORDERS = [
 ]
 
 
+@dataclass(frozen=True)
+class Live:
+    """A server already up (or loading) when the plan is made: it pays no further load."""
+    engine_id: str
+    gpus: tuple[int, ...]
+    replicas: int
+    ready_s: float  # when it generates (its load's end; the past for a running server)
+
+
+def _pour_live(jobs: list[Job], live: list[Live], cursor: list[float], now: float, target: float
+               ) -> tuple[dict[str, float], dict[int, float]]:
+    """Fill the live servers first (they cost no load), each up to the target in turn; the
+    ones an engine no longer needs stop now. Returns the work left per engine and each live
+    server's planned end (index into `live`)."""
+    left = {j.engine_id: j.work_s for j in jobs}
+    ends: dict[int, float] = {}
+    for i in sorted(range(len(live)), key=lambda i: (live[i].ready_s, live[i].gpus)):
+        server = live[i]
+        begin = max(now, server.ready_s)
+        run = min(left.get(server.engine_id, 0.0), max(0.0, target - begin) * server.replicas)
+        ends[i] = begin + run / server.replicas if run > 1e-9 else now
+        left[server.engine_id] = left.get(server.engine_id, 0.0) - run
+        for g in server.gpus:
+            cursor[g] = ends[i]
+    return left, ends
+
+
 def _pour(jobs: list[Job], gpus: int, per_node: int, free_at: list[float], max_replicas: dict[str, int],
-          min_replica_s: float | None, target: float, order=None) -> list[Placement] | None:
+          min_replica_s: float | None, target: float, order=None, live: list[Live] = (), now: float = 0.0,
+          ) -> tuple[list[Placement], dict[int, float]] | None:
+    """Pour every engine up to `target` (live servers first); None when it does not fit.
+    Returns the new segments and each live server's planned end."""
     cursor = list(free_at)  # when each GPU is next free
-    out: list[Placement] = []
+    left, ends = _pour_live(jobs, list(live), cursor, now, target)
+    segments: dict[str, list] = {j.engine_id: [] for j in jobs}
+    held = {j.engine_id: sum(1 for s in live if s.engine_id == j.engine_id) for j in jobs}
     for job in sorted(jobs, key=order or ORDERS[0]):
-        left, segments = job.work_s, []
-        worth = job.load_s if min_replica_s is None else min_replica_s
-        while left > 1e-9:
-            if len(segments) >= max_replicas[job.engine_id]:
-                return None
-            group = _fitting_group(cursor, gpus, per_node, job.tp, target - job.load_s - left) if segments else None
-            if group is None:
-                group = _earliest_group(cursor, gpus, per_node, job.tp)
-            if group is None:
-                return None
-            start = max(cursor[g] for g in group)
-            room = target - start - job.load_s
-            run = min(left, room)
-            # a sliver is not worth a load, unless it is all that is left of a small engine
-            if run <= 0 or (run < min(worth, left) - 1e-9):
-                return None
-            segments.append((group, start, start + job.load_s + run, run))
-            for g in group:
-                cursor[g] = start + job.load_s + run
-            left -= run
-        for group, start, end, run in segments:
-            out.append(Placement(job.engine_id, group[0] // per_node, tuple(sorted(group)), 1, start, end,
-                                 run / job.work_s if job.work_s else 1.0))
-    return out
+        if not _place(job, left, cursor, segments[job.engine_id], held[job.engine_id], gpus, per_node,
+                      max_replicas, min_replica_s, target):
+            return None
+    out = [Placement(job.engine_id, group[0] // per_node, tuple(sorted(group)), 1, start, end,
+                     run / job.work_s if job.work_s else 1.0)
+           for job in jobs for group, start, end, run in segments[job.engine_id]]
+    return out, ends
+
+
+def _place(job: Job, left: dict[str, float], cursor: list[float], segments: list, held: int, gpus: int,
+           per_node: int, max_replicas: dict[str, int], min_replica_s: float | None, target: float) -> bool:
+    """Pour one engine's work left: the earliest group until the target, the remainder into
+    the group that fits it best. False: it does not fit."""
+    worth = job.load_s if min_replica_s is None else min_replica_s
+    while left[job.engine_id] > 1e-9:
+        rest = left[job.engine_id]
+        if len(segments) + held >= max_replicas[job.engine_id]:
+            return False
+        group = None
+        if segments or held:
+            group = _fitting_group(cursor, gpus, per_node, job.tp, target - job.load_s - rest)
+        if group is None:
+            group = _earliest_group(cursor, gpus, per_node, job.tp)
+        if group is None:
+            return False
+        start = max(cursor[g] for g in group)
+        room = target - start - job.load_s
+        run = min(rest, room)
+        # a sliver is not worth a load, unless it is all that is left of a small engine
+        if run <= 0 or (run < min(worth, rest) - 1e-9):
+            return False
+        segments.append((group, start, start + job.load_s + run, run))
+        for g in group:
+            cursor[g] = start + job.load_s + run
+        left[job.engine_id] = rest - run
+    return True
 
 
 def _earliest_group(cursor: list[float], gpus: int, per_node: int, tp: int) -> list[int] | None:
@@ -102,27 +153,37 @@ def _merge(placements: list[Placement]) -> list[Placement]:
 def plan_elastic(jobs: list[Job], gpus: int, per_node: int, free_at: list[float], max_replicas: dict[str, int],
                  min_replica_s: float | None = None, bound: float = 0.0) -> list[Placement]:
     """The poured plan with the smallest target that holds every engine, over a few orders."""
-    lo0 = max(bound, min(free_at))
+    return replan_elastic(jobs, gpus, per_node, free_at, max_replicas, min_replica_s, bound)[0]
+
+
+def replan_elastic(jobs: list[Job], gpus: int, per_node: int, free_at: list[float], max_replicas: dict[str, int],
+                   min_replica_s: float | None = None, bound: float = 0.0, live: list[Live] = (),
+                   now: float | None = None) -> tuple[list[Placement], dict[int, float]]:
+    """As `plan_elastic`, from a moment `now` at which the `live` servers hold their GPUs
+    (`free_at` of those GPUs is ignored) and `jobs` carry the work still to do. Returns the
+    new servers and each live server's planned end (index into `live`; `now`: stop it)."""
+    now = min(free_at) if now is None else now
+    lo0 = max(bound, now)
     # An upper bound that always holds: engines one after another on one group each.
-    hi0 = max(free_at) + sum(j.load_s + j.work_s for j in jobs) + 1.0
-    best: tuple[float, list[Placement]] | None = None
+    hi0 = max(list(free_at) + [now] + [s.ready_s for s in live]) + sum(j.load_s + j.work_s for j in jobs) + 1.0
+    best: tuple[float, tuple] | None = None
     for order in ORDERS:
         lo, hi = lo0, hi0 if best is None else best[0]
-        found = _pour(jobs, gpus, per_node, free_at, max_replicas, min_replica_s, hi, order)
+        found = _pour(jobs, gpus, per_node, free_at, max_replicas, min_replica_s, hi, order, live, now)
         if found is None:
             continue  # only when a replica cap forbids it (or this order does no better)
         for _ in range(40):
             mid = (lo + hi) / 2
-            placed = _pour(jobs, gpus, per_node, free_at, max_replicas, min_replica_s, mid, order)
+            placed = _pour(jobs, gpus, per_node, free_at, max_replicas, min_replica_s, mid, order, live, now)
             if placed is None:
                 lo = mid
             else:
                 hi, found = mid, placed
             if hi - lo < 0.5:
                 break
-        makespan = max(p.end_s for p in found)
+        makespan = max([p.end_s for p in found[0]] + list(found[1].values()))
         if best is None or makespan < best[0]:
             best = (makespan, found)
     if best is None:
         raise ValueError("no elastic plan fits the replica caps")
-    return _merge(best[1])
+    return _merge(best[1][0]), best[1][1]

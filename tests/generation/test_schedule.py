@@ -9,7 +9,7 @@ import pytest
 from flows.config import ConfigError, load_config
 from tasks.generation.config import GenerationConfig
 from tasks.generation.engines import engine_groups
-from tasks.generation.schedule import Job, Plan, ScheduleError, after_failure, ideal_s, plan_schedule
+from tasks.generation.schedule import Job, Plan, ScheduleError, after_failure, ideal_s, lower_bound_s, plan_schedule
 from tasks.generation.schedule_pool import jobs_for_pool, plan_for_pool
 from tests.paths import SCRIPTED_CONFIG
 
@@ -57,6 +57,18 @@ def test_pools_on_several_gpu_counts_are_valid_and_never_beat_the_ideal(gpus, mo
     assert plan.makespan_s >= plan.ideal_s - 1e-6
     # within the bounds any sane plan meets: never slower than everything on one GPU group in turn
     assert plan.makespan_s <= sum(j.load_s + j.work_s for j in POOL)
+
+
+def test_the_lower_bound_counts_the_loads_extra_replicas_must_pay():
+    # 100 s of work, 10 s loads, 4 GPUs: the ideal (one load) is 110 / 4 = 27.5 s, but 4
+    # replicas each pay a load: 10 + 100 / 4 = 35 s, and 3 would need 10 + 100 / 3
+    assert lower_bound_s([Job("a", 1, 100, 10)], 4) == pytest.approx(35.0, abs=0.02)
+    assert lower_bound_s([Job("a", 1, 100, 10)], 1) == ideal_s([Job("a", 1, 100, 10)], 1) == 110
+    for gpus in (4, 8, 16):
+        bound = lower_bound_s(POOL, gpus)
+        assert bound >= ideal_s(POOL, gpus) - 1e-9
+        for mode in ("static", "elastic"):
+            assert plan_schedule(POOL, gpus=gpus, gpus_per_node=min(gpus, 8), mode=mode).makespan_s >= bound - 0.02
 
 
 def test_replicas_fill_gpus_a_single_engine_would_leave_idle():
