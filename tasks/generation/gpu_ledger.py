@@ -90,7 +90,7 @@ class GpuLedger:
             self.cond.notify_all()
             return True
 
-    def release(self, i: int) -> None:
+    def release(self, i: int, state: str = DONE) -> None:
         """The server of placement i stopped: its GPUs go to the placements after it."""
         with self.cond:
             claim = self.claims[i]
@@ -99,15 +99,16 @@ class GpuLedger:
             for g in claim.placement.gpus:
                 if self.busy.get(g) == i:
                     del self.busy[g]
-            claim.state, claim.released_s = DONE, self.now()
+            claim.state, claim.released_s = state, self.now()
             self.cond.notify_all()
 
     def skip(self, i: int) -> None:
-        """Placement i will not launch (its engine is done): out of every lane it is in."""
+        """Placement i will not launch (its engine is done): out of every lane it is in, or,
+        if it has just taken its GPUs, it gives them back at once."""
         with self.cond:
             claim = self.claims[i]
             if claim.state == RUNNING:
-                self.release(i)
+                self.release(i, SKIPPED)
                 return
             if claim.state != PLANNED:
                 return
@@ -120,7 +121,9 @@ class GpuLedger:
         """The engine's task ended: release what it holds, skip what it did not use."""
         with self.cond:
             for c in self.claims:
-                if c.placement.engine_id == engine_id and c.state in (PLANNED, RUNNING):
+                if c.placement.engine_id == engine_id and c.state == RUNNING:
+                    self.release(c.index)
+                elif c.placement.engine_id == engine_id and c.state == PLANNED:
                     self.skip(c.index)
 
     def requeue(self, engine_id: str) -> int:
