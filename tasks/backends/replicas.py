@@ -36,77 +36,15 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from tasks.backends.base import Backend, BatchRequest, BatchResult
+from tasks.backends.replica_dispatch import Dispatch, RunView, run_view
 from tasks.errors import EngineDiedError, TransientError
 
 log = logging.getLogger(__name__)
 _FAILOVER = (TransientError, OSError)
-
-
-class _Dispatch:
-    """Shared state of one `run`: what is left, who holds what. Guarded by `cond`."""
-
-    def __init__(self, requests: Iterable[BatchRequest], caps: list[float], alive: list[bool]):
-        self.source = iter(requests)
-        self.exhausted = False
-        self.retry: deque[BatchRequest] = deque()
-        self.caps = caps
-        self.alive = list(alive)
-        self.leaving = [False] * len(caps)
-        self.held: list[dict[str, BatchRequest]] = [{} for _ in caps]
-        self.answered: set[str] = set()
-        self.stop = False
-        self.running = 0  # driver threads not yet ended
-        self.cond = threading.Condition()
-
-    def add(self, cap: float) -> None:
-        self.caps.append(cap)
-        self.alive.append(True)
-        self.leaving.append(False)
-        self.held.append({})
-
-    def outstanding(self, i: int) -> int:
-        return len(self.held[i])
-
-    def others_busy(self, i: int) -> bool:
-        return any(self.alive[j] and self.held[j] for j in range(len(self.caps)) if j != i)
-
-    def finished(self) -> bool:
-        return self.exhausted and not self.retry and not any(self.held)
-
-    def my_turn(self, i: int) -> bool:
-        """No live replica with a free slot holds fewer requests than replica i."""
-        mine = self.outstanding(i)
-        return all(not self.alive[j] or self.leaving[j] or self.outstanding(j) >= self.caps[j]
-                   or self.outstanding(j) >= mine for j in range(len(self.caps)) if j != i)
-
-    def next_request(self) -> BatchRequest | None:
-        if self.retry:
-            return self.retry.popleft()
-        try:
-            return next(self.source)
-        except StopIteration:
-            self.exhausted = True
-            return None
-
-
-@dataclass(frozen=True)
-class RunView:
-    """What a leave rule sees of the run at one moment."""
-
-    answered: int  # requests answered so far (each id once)
-    in_flight: int  # requests handed to a replica and not answered
-    others: tuple[int, ...]  # the other replicas that are live and not leaving
-
-
-def _view(d: _Dispatch, i: int) -> RunView:
-    others = tuple(j for j in range(len(d.caps)) if j != i and d.alive[j] and not d.leaving[j])
-    return RunView(len(d.answered), sum(len(h) for h in d.held), others)
 
 
 class ReplicatedBackend:
@@ -127,7 +65,7 @@ class ReplicatedBackend:
         self.should_leave, self.on_gone = should_leave, on_gone
         self.left: list[str] = []  # replicas that left gracefully, in order
         self._lock = threading.Lock()  # replicas joining vs a run starting or ending
-        self._run: tuple[_Dispatch, queue.Queue, list[threading.Thread]] | None = None
+        self._run: tuple[Dispatch, queue.Queue, list[threading.Thread]] | None = None
 
     def __repr__(self) -> str:
         return f"ReplicatedBackend(name={self.name!r}, replicas={[r.name for r in self.replicas]!r})"
@@ -227,7 +165,7 @@ class ReplicatedBackend:
         with self._lock:
             if not any(self.alive) and not self.joins_open:
                 raise EngineDiedError(f"{self.name}: no live replica ({self.failures})")
-            d = _Dispatch(requests, [_cap(b) for b in self.replicas], self.alive)
+            d = Dispatch(requests, [_cap(b) for b in self.replicas], self.alive)
             threads = [threading.Thread(target=self._drive, args=(d, i, out), name=f"replica-{b.name}", daemon=True)
                        for i, b in enumerate(self.replicas) if self.alive[i]]
             d.running = len(threads)
@@ -263,7 +201,7 @@ class ReplicatedBackend:
             for t in threads:
                 t.join(timeout=5)
 
-    def _drive(self, d: _Dispatch, i: int, out: queue.Queue) -> None:
+    def _drive(self, d: Dispatch, i: int, out: queue.Queue) -> None:
         backend = self.replicas[i]
         gone = None
         try:
@@ -295,19 +233,19 @@ class ReplicatedBackend:
                     log.warning("%s: after replica %s %s: %s", self.name, backend.name, gone, err)
             out.put(("end", None))
 
-    def _feed(self, d: _Dispatch, i: int) -> Iterator[BatchRequest]:
+    def _feed(self, d: Dispatch, i: int) -> Iterator[BatchRequest]:
         while True:
             req = self._take(d, i)
             if req is None:
                 return
             yield req
 
-    def _take(self, d: _Dispatch, i: int) -> BatchRequest | None:
+    def _take(self, d: Dispatch, i: int) -> BatchRequest | None:
         name = self.replicas[i].name
         asked = time.monotonic()
         with d.cond:
             while not d.stop and d.alive[i] and not d.leaving[i]:
-                if self.should_leave is not None and self.should_leave(i, _view(d, i)):
+                if self.should_leave is not None and self.should_leave(i, run_view(d, i)):
                     d.leaving[i] = True
                     d.cond.notify_all()
                     break
@@ -330,7 +268,7 @@ class ReplicatedBackend:
                 d.cond.wait(0.5)
         return None
 
-    def _deliver(self, d: _Dispatch, i: int, result: BatchResult, out: queue.Queue) -> None:
+    def _deliver(self, d: Dispatch, i: int, result: BatchResult, out: queue.Queue) -> None:
         cid = result.get("custom_id")
         with d.cond:
             d.held[i].pop(cid, None)
@@ -342,7 +280,7 @@ class ReplicatedBackend:
         if not duplicate:
             out.put(("result", result))
 
-    def _fail_over(self, d: _Dispatch, i: int, exc: BaseException) -> None:
+    def _fail_over(self, d: Dispatch, i: int, exc: BaseException) -> None:
         name = self.replicas[i].name
         with d.cond:
             lost = list(d.held[i].values())
