@@ -57,7 +57,7 @@ class ElasticBackend:
         self.servers: list[_Server] = []
         self.failures: list[str] = []
         self._by_backend: dict[int, _Server] = {}
-        self._launching = 0
+        self._launching = 0  # replicas of servers loading now
         self._starting: Backend | None = None
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -123,21 +123,24 @@ class ElasticBackend:
     def _start(self, i: int, k: int) -> None:
         placement = self.ledger.claims[i].placement
         started = self.ledger.now()
-        backend = self.launch(placement, k)
+        backend = None
         with self._lock:
-            self._launching += 1
-            self._starting = backend
+            self._launching += placement.replicas
         try:
+            backend = self.launch(placement, k)
+            with self._lock:
+                self._starting = backend
             backend.__enter__()
         except Exception as exc:  # its GPUs go on to the next placement; the others do the work
             self.failures.append(f"{getattr(backend, 'name', k)}: {type(exc).__name__}: {exc}"[:500])
             log.warning("%s: server on GPUs %s failed to start: %s", self.engine_id, placement.gpus, exc)
-            _quiet_exit(backend, self.engine_id)
+            if backend is not None:
+                _quiet_exit(backend, self.engine_id)
             self.ledger.release(i)
             return
         finally:
             with self._lock:
-                self._launching -= 1
+                self._launching -= placement.replicas
                 self._starting = None
         server = _Server(i, placement, backend, started)
         self.servers.append(server)
@@ -157,14 +160,15 @@ class ElasticBackend:
         me = self._server(replica)
         p = me.placement
         queued = max(0, self.total - view.answered - view.in_flight)
-        others = sum(self._server(j).placement.replicas for j in view.others)
+        # A server still loading counts among the others, as in the simulation (it holds its
+        # GPUs and will take requests); servers waiting for their GPUs are the pending ones.
         with self._lock:
-            launching = self._launching
+            others = self._launching
+        others += sum(self._server(j).placement.replicas for j in view.others)
         # The engine's planned end, shifted by how late this server started (as in the simulation).
         slack_end = self.ledger.engine_end_s[self.engine_id] + me.started_s - p.start_s
-        return may_leave(self.ledger.now(), me.started_s, p.end_s - p.start_s,
-                         self.ledger.pending(self.engine_id) + launching, others,
-                         queued * self.s_per_request, slack_end)
+        return may_leave(self.ledger.now(), me.started_s, p.end_s - p.start_s, self.ledger.pending(self.engine_id),
+                         others, queued * self.s_per_request, slack_end)
 
     def _gone(self, replica: int, why: str) -> None:
         self._stop(self._server(replica), why)
