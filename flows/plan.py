@@ -211,7 +211,10 @@ def _unset_keys(cfg: RunConfig) -> list[str]:
 def _schedule(cfg: RunConfig, n_instructions: int) -> str:
     """The GPU planner's schedule of the launched engines, as the generation stage will run it."""
     plan = plan_for_pool(cfg.generation, engine_groups(cfg.generation), n_instructions)
-    return plan.render()
+    mode = cfg.generation.schedule.mode
+    how = ("servers join and leave as their GPUs free up (generation.schedule.mode)" if mode == "elastic"
+           else "one server per engine, every replica started with it (generation.schedule.mode)")
+    return f"{plan.render()}\nmode: {mode}: {how}"
 
 
 def make_plan(cfg: RunConfig, origin: str = "", est: TokenEstimates | None = None) -> Plan:

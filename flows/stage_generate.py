@@ -22,9 +22,18 @@ after another, unless `generation.gpu_slots` names a Prefect concurrency limit: 
 engine task takes its GPUs' worth of slots and the limit alone decides (as before). With
 `schedule.gpus` set, a launched server gets its planned replicas as `--data-parallel-size`
 and its planned GPUs as CUDA_VISIBLE_DEVICES.
+
+With `schedule.mode: elastic` a placement is one server segment of an engine: every
+engine task is submitted at once, each still one task (so shards, parts, markers,
+retries and backfill are the same), and they wait on the run's GPU ledger
+(tasks/generation/gpu_ledger.py), not on each other's futures. A vllm_server engine
+drives its servers as they get their GPUs (tasks/generation/elastic_engine.py); a
+vllm_batch engine holds its one placement while it runs. The ledger's record of who held
+which GPU when goes into the summary beside the plan.
 """
 from __future__ import annotations
 
+import uuid
 from contextlib import nullcontext
 
 from prefect import allow_failure, task
@@ -40,7 +49,8 @@ from flows.shard_tasks import (
     transient_only,
 )
 from storage.shards import ShardRef, ShardStore
-from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups
+from tasks.generation import gpu_ledger
+from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups, planned_engine, with_engine
 from tasks.generation.schedule import Plan
 from tasks.generation.schedule_pool import plan_for_pool
 from tasks.generation.stage import STAGE, merge_key, merge_shard, run_group
@@ -51,13 +61,17 @@ def rows_by_source(cfg) -> dict[str, str]:
 
 
 @task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
-def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gpus: int | None = None) -> dict:
+def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gpus: int | None = None,
+                         ledger_key: str | None = None) -> dict:
     """Bring one engine up, generate every unfinished part of its entries, stop it.
 
     Not cached by Prefect: the parts' done markers decide what is left to do, and a task
-    with nothing left to do starts no engine.
+    with nothing left to do starts no engine. `ledger_key`: the run's GPU ledger (elastic
+    mode), which this task's servers wait on for their GPUs.
     """
     store = ShardStore(cfg.output)
+    if ledger_key is not None:
+        return _summary(*_run_elastic(cfg, store, group, instr_refs, gpu_ledger.ledger(ledger_key)))
     gate = nullcontext()
     if cfg.generation.gpu_slots and group.serve in VLLM_MODES:
         from prefect.concurrency.sync import concurrency
@@ -65,12 +79,43 @@ def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gp
         gate = concurrency(cfg.generation.gpu_slots, occupy=gpus or group.entries[0].tensor_parallel_size)
     with gate:
         res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), store.log_dir())
+    return _summary(res)
+
+
+def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], led) -> tuple:
+    """One engine task of an elastic plan; whatever way it ends, its GPUs are released and its
+    unused placements skipped, so the engines planned after it on its GPUs go on."""
+    from tasks.generation.elastic_engine import ElasticBackend, HeldBackend
+    from tasks.generation.engines import launch_server, open_backend
+    from tasks.generation.schedule_pool import seconds_per_request
+
+    sched, log_dir, backend = cfg.generation.schedule, store.log_dir(), None
+    try:
+        if group.serve == "vllm_server":
+            def launch(p, k):
+                return launch_server(group, log_dir, f"{group.engine_id}-s{k}", p.gpus, p.replicas,
+                                     sched.pin_devices and sched.gpus > 1)
+
+            backend = ElasticBackend(group.engine_id, led, launch, seconds_per_request(cfg.generation, group))
+        elif group.serve in VLLM_MODES:
+            backend = HeldBackend(group.engine_id, led, open_backend(group, log_dir, output_root=store.root))
+        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), log_dir,
+                        backend=backend)
+    finally:
+        led.finish(group.engine_id)
+    return res, (backend.history() if isinstance(backend, ElasticBackend) else None)
+
+
+def _summary(res, servers: list | None = None) -> dict:
     logger().info("engine %s: %d parts written, %d kept, %d requests (%d failed), %d tokens in %.1fs",
-                  group.engine_id, res.written, res.kept, res.requests, res.failed_requests,
+                  res.engine_id, res.written, res.kept, res.requests, res.failed_requests,
                   res.completion_tokens, res.generate_s)
-    return {"engine_id": res.engine_id, "written": res.written, "kept": res.kept, "requests": res.requests,
-            "failed_requests": res.failed_requests, "completion_tokens": res.completion_tokens,
-            "engine_s": round(res.engine_s, 3), "generate_s": round(res.generate_s, 3)}
+    out = {"engine_id": res.engine_id, "written": res.written, "kept": res.kept, "requests": res.requests,
+           "failed_requests": res.failed_requests, "completion_tokens": res.completion_tokens,
+           "engine_s": round(res.engine_s, 3), "generate_s": round(res.generate_s, 3)}
+    if servers is not None:
+        out["servers"] = servers
+    return out
 
 
 @task(name="generate-merge", retries=0, cache_key_fn=key_from_param, persist_result=True)
@@ -85,20 +130,23 @@ def merge_completions(cfg, instr: ShardRef, key: str) -> dict:
 def _as_planned(cfg, group: EngineGroup, replicas: int, gpu_ids: list[int]) -> EngineGroup:
     """The group with its planned replicas and GPUs in the launched engine's arguments."""
     sched = cfg.generation.schedule
-    first = group.entries[0]
     if group.serve != "vllm_server" or sched.gpus is None:
         return group
-    args, env = list(first.engine.extra_args), dict(first.engine.env)
-    if replicas > 1 and "--data-parallel-size" not in args:
-        args += ["--data-parallel-size", str(replicas)]
-    if sched.pin_devices and sched.gpus > 1 and gpu_ids and "CUDA_VISIBLE_DEVICES" not in env:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-    engine = first.engine.model_copy(update={"extra_args": args, "env": env})
-    return EngineGroup(group.engine_id, tuple(e.model_copy(update={"engine": engine}) for e in group.entries))
+    pin = sched.pin_devices and sched.gpus > 1
+    return with_engine(group, planned_engine(group.entries[0].engine, replicas, gpu_ids, pin))
 
 
-def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], plan: Plan) -> list:
+def _submit_elastic(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], ledger_key: str) -> list:
+    """Every engine task at once, in plan order: the ledger, not `wait_for`, orders their servers."""
+    return [generate_with_engine.with_options(name=f"generate-engine-{g.engine_id}").submit(
+        cfg, g, instr_refs, ledger_key=ledger_key) for g in groups]
+
+
+def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], plan: Plan,
+                    ledger_key: str | None = None) -> list:
     by_id = {g.engine_id: g for g in groups}
+    if ledger_key is not None:
+        return _submit_elastic(cfg, [by_id[e] for e in plan.order()], instr_refs, ledger_key)
     gated = cfg.generation.gpu_slots and cfg.generation.schedule.gpus is None  # the limit alone decides
     futures, last_on = [], {}
     for engine_id in plan.order():
@@ -167,8 +215,11 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     wanted = instr_refs if only is None else [r for r in instr_refs if r.shard_id in set(only)]
     groups = engine_groups(cfg.generation)
     plan = plan_for_pool(cfg.generation, groups, sum(r.rows for r in instr_refs))
-    logger().info("%s", plan.render())
-    engine_futures = _submit_engines(cfg, groups, wanted, plan)
+    mode = cfg.generation.schedule.mode
+    logger().info("%s\nmode: %s", plan.render(), mode)
+    key = f"{cfg.output}|{uuid.uuid4().hex}" if mode == "elastic" else None
+    led = gpu_ledger.open_ledger(key, plan) if key else None
+    engine_futures = _submit_engines(cfg, groups, wanted, plan, key)
     future_of = dict(zip(plan.order(), engine_futures))
     serving = _engines_by_shard(cfg, store, groups, wanted)
     run = chosen_jobs(STAGE, store, jobs, only)
@@ -190,11 +241,15 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
             ended.add(engine_id[id(fut)])
             merge_ready()
         engines = _engine_outcomes(engine_futures)
+        schedule = {"mode": mode, **plan.to_dict()}
+        if led is not None:  # who held which GPU when, as it happened
+            schedule["ran"] = led.history()
+            gpu_ledger.close_ledger(key)
         done = collector.finish(lambda o: f"{sum(r.rows for r in o.refs)} completions")
         summary = {"shards": done.counts, "completions": sum(r.rows for r in done.refs),
                    "failed_requests_this_run": sum(e.get("failed_requests", 0) for e in engines),
                    "completion_tokens_this_run": sum(e.get("completion_tokens", 0) for e in engines),
-                   "engines": engines, "schedule": plan.to_dict()}
+                   "engines": engines, "schedule": schedule}
         return StageResult(STAGE, done.refs, summary, done.failed)
 
     return StageInFlight(run, collect)

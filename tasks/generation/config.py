@@ -161,6 +161,17 @@ class ScheduleSettings(BaseModel):
     load_s: float = Field(60, ge=0, description="Planning estimate: seconds to bring one engine replica up")
     tokens_per_s: float = Field(2000, gt=0, description="Planning estimate: generated tokens per second of one "
                                                         "replica (only relative sizes change the plan)")
+    mode: Literal["static", "elastic"] = Field(
+        "static", description="static: one server per engine, every replica started with it, engines on a GPU one "
+                              "after another. elastic: an engine's servers join as GPUs free up and leave when the "
+                              "plan says so, one request queue across them (needs gpus; engine tasks in the flow's "
+                              "process)")
+
+    @model_validator(mode="after")
+    def _elastic_needs_gpus(self) -> "ScheduleSettings":
+        if self.mode == "elastic" and self.gpus is None:
+            raise ValueError("generation.schedule.mode: elastic needs generation.schedule.gpus (the GPUs to plan on)")
+        return self
 
 
 class GenerationConfig(BaseModel):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from storage.keys import stable_hash
+from tasks.backends.engine_settings import EngineSettings
 from tasks.errors import InputError
 from tasks.generation.config import GenerationConfig, ModelEntry, resolve_model
 
@@ -118,13 +119,41 @@ def _engine_args(group: EngineGroup, log_dir: str) -> dict:
     )
 
 
+def _server_args(group: EngineGroup, log_dir: str) -> dict:
+    first = group.entries[0]
+    return dict(_engine_args(group, log_dir), startup_timeout_s=first.engine.startup_timeout_s,
+                concurrency=max(e.concurrency for e in group.entries), request_timeout_s=first.request_timeout_s,
+                policy=_policy(first))
+
+
+def planned_engine(engine: EngineSettings, replicas: int, gpu_ids, pin: bool) -> EngineSettings:
+    """The engine settings with a GPU plan's replicas as `--data-parallel-size` and, with
+    `pin`, its GPUs as CUDA_VISIBLE_DEVICES (what the config sets itself wins)."""
+    args, env = list(engine.extra_args), dict(engine.env)
+    if replicas > 1 and "--data-parallel-size" not in args:
+        args += ["--data-parallel-size", str(replicas)]
+    if pin and gpu_ids and "CUDA_VISIBLE_DEVICES" not in env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+    return engine.model_copy(update={"extra_args": args, "env": env})
+
+
+def with_engine(group: EngineGroup, engine: EngineSettings) -> EngineGroup:
+    return EngineGroup(group.engine_id, tuple(e.model_copy(update={"engine": engine}) for e in group.entries))
+
+
+def launch_server(group: EngineGroup, log_dir: str, name: str, gpu_ids, replicas: int, pin: bool):
+    """One launched vLLM server (not yet started) of a vllm_server group on planned GPUs."""
+    from tasks.backends.vllm_server import VLLMServerBackend
+
+    planned = with_engine(group, planned_engine(group.entries[0].engine, replicas, gpu_ids, pin))
+    return VLLMServerBackend(**dict(_server_args(planned, log_dir), name=name))
+
+
 def _vllm_server(group: EngineGroup, log_dir: str, field: str, output_root: str | None):
     from tasks.backends.vllm_server import VLLMServerBackend
 
     first = group.entries[0]
-    server = dict(_engine_args(group, log_dir), startup_timeout_s=first.engine.startup_timeout_s,
-                  concurrency=max(e.concurrency for e in group.entries), request_timeout_s=first.request_timeout_s,
-                  policy=_policy(first))
+    server = _server_args(group, log_dir)
     if first.replicas == 1:
         return VLLMServerBackend(**server)
     from tasks.backends.replicas import ReplicatedBackend

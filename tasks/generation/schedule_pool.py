@@ -1,8 +1,9 @@
 """From the generation config to a GPU plan of its engines.
 
 Inputs: the generation config, its engine groups (`engines.engine_groups`) and the number
-of instructions. Outputs: planner `Job`s and the static `Plan` the flow runs (one server
-per engine, its replicas as `--data-parallel-size`).
+of instructions. Outputs: planner `Job`s and the `Plan` the flow runs in the configured
+`schedule.mode`: static (one server per engine, its replicas as `--data-parallel-size`) or
+elastic (server segments that join and leave, tasks/generation/elastic_engine.py).
 
 A job's work is estimated from the expected number of requests (instructions x k, spread
 evenly over the pool, as the draws are) times the entries' `max_tokens`, over
@@ -37,6 +38,12 @@ def jobs_for_pool(cfg: GenerationConfig, groups: list[EngineGroup], n_instructio
 
 
 def plan_for_pool(cfg: GenerationConfig, groups: list[EngineGroup], n_instructions: int) -> Plan:
-    """The plan the generation flow follows (static: every replica starts with its engine)."""
+    """The plan the generation flow follows, in `schedule.mode` (static: every replica starts
+    with its engine; elastic: placements are server segments that join and leave)."""
     jobs = jobs_for_pool(cfg, groups, n_instructions)
-    return plan_schedule(jobs, cfg.schedule.gpus or 1, replicate=cfg.schedule.replicate, mode="static")
+    return plan_schedule(jobs, cfg.schedule.gpus or 1, replicate=cfg.schedule.replicate, mode=cfg.schedule.mode)
+
+
+def seconds_per_request(cfg: GenerationConfig, group: EngineGroup) -> float:
+    """The planning estimate of one request's time on one replica (as in `jobs_for_pool`)."""
+    return sum(e.sampling.max_tokens for e in group.entries) / len(group.entries) / cfg.schedule.tokens_per_s

@@ -127,3 +127,12 @@ def test_full_config_shows_its_gpu_schedule(full_plan):
     assert rows["llama-2-70b-chat"][2] in {"0-3", "4-7"}  # tensor-parallel 4 takes four GPUs of the node
     assert rows["gpt-4"][1] == "-"  # a hosted model takes no GPU
     assert "GPU schedule:" in format_plan(full_plan)
+    assert sched.splitlines()[-1].startswith("mode: static:")
+
+
+def test_the_plan_shows_an_elastic_schedule():
+    cfg = load_plan_config(str(FULL))
+    cfg.generation.schedule.mode = "elastic"
+    sched = make_plan(cfg).schedule
+    assert sched.splitlines()[-1].startswith("mode: elastic:")
+    assert sched.startswith("generation schedule: 8 GPU(s)")

@@ -50,3 +50,13 @@ def test_replicas_and_a_gpu_schedule_do_not_mix():
     with pytest.raises(ValidationError, match=r"generation.models.0.replicas"):
         GenerationConfig.model_validate({"k": 1, "schedule": {"gpus": 2}, "models": [
             {"name": "a", "serve": "vllm_server", "model": "some/model", "replicas": 2}]})
+
+
+def test_the_schedule_mode_is_validated_and_named():
+    base = {"k": 1, "models": [{"name": "a", "serve": "vllm_server", "model": "some/model"}]}
+    assert GenerationConfig.model_validate(base).schedule.mode == "static"
+    with pytest.raises(ValidationError, match=r"generation.schedule.mode: elastic needs generation.schedule.gpus"):
+        GenerationConfig.model_validate({**base, "schedule": {"mode": "elastic"}})
+    with pytest.raises(ValidationError, match=r"schedule.mode"):
+        GenerationConfig.model_validate({**base, "schedule": {"gpus": 2, "mode": "dynamic"}})
+    assert GenerationConfig.model_validate({**base, "schedule": {"gpus": 2, "mode": "elastic"}}).schedule.mode == "elastic"
