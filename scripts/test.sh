@@ -21,7 +21,7 @@ set +e
 # (tests/conftest.py). UF_TEST_WORKERS=0 runs everything in this process.
 workers="${UF_TEST_WORKERS:-3}"
 dist=()
-if [[ "$workers" != "0" ]]; then dist=(-n "$workers" --dist loadgroup); fi
+if [[ "$workers" != "0" ]]; then dist=(-n "$workers"); fi
 "${UF_VENV:-$REPO/.venv}/bin/python" -m pytest -ra "${dist[@]}" "$@"
 rc=$?
 set -e

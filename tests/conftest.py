@@ -43,16 +43,35 @@ def prefect_harness():
         yield
 
 
-# Parallel runs (pytest-xdist, `-n 2 --dist loadgroup`, as scripts/test.sh runs them): a test
-# module stays on one worker, so its module-scoped servers start once; every test that starts
-# a CPU vLLM engine shares one group, so two engines never compete for the cores (their start-up
-# timeouts assume a core or two each), and that group is handed out first because it is the
-# longest. Without xdist the marks do nothing.
-HEAVY_FIRST = "vllm"
+
+# Parallel runs (pytest-xdist, `-n 3` as scripts/test.sh runs them): a test module stays on
+# one worker, so its module-scoped servers start once, and every module that starts a CPU
+# vLLM engine shares one worker, so two engines never compete for the cores (their start-up
+# timeouts assume a core or two each); that group goes first because it is the longest.
+# The scheduler sees only test ids, so the vLLM modules are known by name: a test marked
+# `vllm` must live in a file whose name contains "vllm" (collection fails otherwise).
+# xdist's own `--dist loadgroup` cannot be used: with pytest 9 it no longer groups.
+VLLM_SCOPE = "vllm"
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The worker-affinity scope of a test id: its module, or "vllm" for the engine modules."""
+    path = nodeid.split("::", 1)[0]
+    return VLLM_SCOPE if VLLM_SCOPE in path.rsplit("/", 1)[-1] else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return ByModule(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = HEAVY_FIRST if item.get_closest_marker("vllm") else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: not item.get_closest_marker("vllm"))  # stable: the rest keep their order
+    stray = [i.nodeid for i in items if i.get_closest_marker("vllm") and xdist_scope(i.nodeid) != VLLM_SCOPE]
+    if stray:
+        raise pytest.UsageError(f"tests marked vllm outside a *vllm* file (they would run beside another engine): {stray}")
+    items.sort(key=lambda item: xdist_scope(item.nodeid) != VLLM_SCOPE)  # stable: the rest keep their order
