@@ -50,7 +50,8 @@ def prefect_harness():
 # timeouts assume a core or two each); that group goes first because it is the longest.
 # The scheduler sees only test ids, so the vLLM modules are known by name: a test marked
 # `vllm` must live in a file whose name contains "vllm" (collection fails otherwise).
-# xdist's own `--dist loadgroup` cannot be used: with pytest 9 it no longer groups.
+# xdist's own `--dist loadgroup` cannot be used: with pytest 9.2 it no longer groups
+# (pytest-xdist issue #1386: it still writes the removed `Node._nodeid`).
 VLLM_SCOPE = "vllm"
 
 
