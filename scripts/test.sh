@@ -7,11 +7,23 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# The engine environment (its own venv, a few minutes from nothing) builds beside the
+# project's; its output is shown once it is done.
+engine_pid=""
+if [[ "${UF_SKIP_ENGINE:-0}" != "1" ]]; then
+  engine_log="$(mktemp)"
+  bash scripts/setup_local.sh >"$engine_log" 2>&1 &
+  engine_pid=$!
+  trap 'kill "$engine_pid" 2>/dev/null || true' EXIT
+fi
 bash scripts/bootstrap.sh test
 "${UF_VENV:-$REPO/.venv}/bin/ruff" check .
 bash scripts/install_browser.sh
-if [[ "${UF_SKIP_ENGINE:-0}" != "1" ]]; then
-  bash scripts/setup_local.sh
+if [[ -n "$engine_pid" ]]; then
+  engine_rc=0
+  wait "$engine_pid" || engine_rc=$?
+  cat "$engine_log"
+  if [[ $engine_rc -ne 0 ]]; then echo "scripts/setup_local.sh failed (exit $engine_rc)" >&2; exit 1; fi
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d)}"
