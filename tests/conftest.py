@@ -47,7 +47,7 @@ def prefect_harness():
 # Parallel runs (pytest-xdist, `-n 3` as scripts/test.sh runs them): a test module stays on
 # one worker, so its module-scoped servers start once, and every module that starts a CPU
 # vLLM engine shares one worker, so two engines never compete for the cores (their start-up
-# timeouts assume a core or two each); that group goes first because it is the longest.
+# timeouts assume a core or two each); the longest modules go first (LONGEST).
 # The scheduler sees only test ids, so the vLLM modules are known by name: a test marked
 # `vllm` must live in a file whose name contains "vllm" (collection fails otherwise).
 # xdist's own `--dist loadgroup` cannot be used: with pytest 9.2 it no longer groups
@@ -75,4 +75,31 @@ def pytest_collection_modifyitems(config, items):
     stray = [i.nodeid for i in items if i.get_closest_marker("vllm") and xdist_scope(i.nodeid) != VLLM_SCOPE]
     if stray:
         raise pytest.UsageError(f"tests marked vllm outside a *vllm* file (they would run beside another engine): {stray}")
-    items.sort(key=lambda item: xdist_scope(item.nodeid) != VLLM_SCOPE)  # stable: the rest keep their order
+    items.sort(key=lambda item: _rank(xdist_scope(item.nodeid)))  # stable: the rest keep their order
+
+
+# Longest first (seconds in one process on two quiet cores, `--durations`), so that the last
+# modules handed out are short ones and no worker finishes long after the others. Only the
+# order depends on this list; a module missing from it runs after these.
+LONGEST = [
+    VLLM_SCOPE,  # ~350 s
+    "tests/storage/test_s3_pipeline.py",  # 121 s
+    "tests/deployments/test_server.py",  # 70 s
+    "tests/flows/test_backfill_flow.py",  # 53 s
+    "tests/faults/test_kill_resume.py",  # 51 s
+    "tests/deployments/test_ui_browser.py",  # 51 s
+    "tests/faults/test_fault_matrix.py",  # 44 s
+    "tests/faults/test_fault_matrix_one_endpoint.py",  # 41 s
+    "tests/sources/test_hostile_inputs.py",  # 33 s
+    "tests/batch/test_anthropic.py",  # 32 s
+    "tests/faults/test_fault_matrix_generation.py",  # 32 s
+    "tests/flows/test_sample_flow.py",  # 29 s
+    "tests/backends/test_openai_http_judge.py",  # 29 s
+    "tests/flows/test_cli_server.py",  # 28 s
+    "tests/generation/test_elastic_flow.py",  # 27-53 s under load
+    "tests/faults/test_secrets.py",  # 22 s
+]
+
+
+def _rank(scope: str) -> int:
+    return LONGEST.index(scope) if scope in LONGEST else len(LONGEST)
