@@ -46,9 +46,14 @@ class EngineSettings(BaseModel):
     python: str | None = Field(None, description="Interpreter of the vLLM environment; default: the local one built "
                                                  "by scripts/setup_local.sh (UF_VLLM_ENV)")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM command-line arguments")
+    # The defaults suit the small CPU engine of the demo and the tests; a GPU config gives its
+    # own (the card config sets `env: {}`). VLLM_ENABLE_V1_MULTIPROCESSING=0 runs the model in
+    # the engine-core process instead of a further worker process: one Python start fewer, which
+    # took a CPU server's start from about 40 s to about 22 s here (docs/benchmarks.md).
     env: dict[str, str] = Field(
-        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"},
-        description="Environment for the engine process (HF_HUB_OFFLINE=1 is always set unless given here)")
+        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+        description="Environment for the engine process (HF_HUB_OFFLINE=1 is always set unless given here); "
+                    "the default suits a small CPU engine")
     enforce_eager: bool = Field(True, description="Skip graph compilation (starts in ~30 s instead of minutes on CPU)")
     startup_timeout_s: float = Field(600, gt=0, description="Give up when the server is not healthy by then")
     stop_timeout_s: float = Field(20, gt=0, description="SIGTERM grace before SIGKILL of the engine's process group")
