@@ -35,8 +35,11 @@ def _cli(tmp_path: Path, *args: str, **popen) -> subprocess.Popen:
 
 
 def _servers(proc: psutil.Process) -> list[psutil.Process]:
+    """The API servers the CLI started: its direct children only. A process the server
+    forks carries the server's command line until it execs, so a recursive search can
+    catch one in that instant and count a second server."""
     found = []
-    for child in proc.children(recursive=True):
+    for child in proc.children():
         try:
             if "flows.api_server" in " ".join(child.cmdline()):
                 found.append(child)
