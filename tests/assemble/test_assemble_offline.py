@@ -35,20 +35,46 @@ def rated_run(prefect_harness, tmp_path_factory):
 
 @pytest.fixture
 def no_network(monkeypatch):
+    """Refuse and record every connection but those to the Prefect test API: Prefect's log
+    and event workers ship to it from background threads of this process at any moment,
+    which says nothing about what assemble does."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import PREFECT_API_URL
+
+    api = urlsplit(PREFECT_API_URL.value())
+    prefect_api = (api.hostname, api.port)
     attempts: list = []
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
 
     def refuse(self, address, *args):
+        if isinstance(address, tuple) and tuple(address[:2]) == prefect_api:
+            return (connect if not args else connect_ex)(self, address)
         attempts.append(address)
         raise OSError(f"network closed in this test: connect to {address!r}")
 
+    lookup = socket.getaddrinfo
+
     def no_lookup(host, *args, **kwargs):
+        if host == prefect_api[0]:
+            return lookup(host, *args, **kwargs)
         attempts.append(host)
         raise socket.gaierror(f"network closed in this test: lookup of {host!r}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, address: refuse(self, address, "ex"))
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     return attempts
+
+
+def test_the_closed_network_records_what_tries_to_connect(no_network):
+    """The check below can fail: a judge-like request is refused and recorded."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url="http://192.0.2.1/v1", api_key="none", max_retries=0, timeout=5)
+    with pytest.raises(Exception):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert any("192.0.2.1" in str(attempt) for attempt in no_network), no_network
 
 
 def test_assemble_publishes_with_the_network_closed(rated_run, tmp_path, no_network):
