@@ -50,8 +50,11 @@ class EngineSettings(BaseModel):
     # own (the card config sets `env: {}`). VLLM_ENABLE_V1_MULTIPROCESSING=0 runs the model in
     # the engine-core process instead of a further worker process: one Python start fewer, which
     # took a CPU server's start from about 40 s to about 22 s here (docs/benchmarks.md).
+    # OMP_NUM_THREADS=1: a small model gains nothing from a second thread, and OpenMP threads
+    # that spin waiting for each other made an engine 4x slower on cores shared with other work.
     env: dict[str, str] = Field(
-        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                                 "OMP_NUM_THREADS": "1"},
         description="Environment for the engine process (HF_HUB_OFFLINE=1 is always set unless given here); "
                     "the default suits a small CPU engine")
     enforce_eager: bool = Field(True, description="Skip graph compilation (starts in ~30 s instead of minutes on CPU)")
