@@ -59,12 +59,25 @@ def worker(args) -> None:
     started, results, error = time.monotonic(), [], None
     try:
         with open_backend(engine_groups(cfg)[0], tempfile.gettempdir()) as backend:
+            start_together(Path(args.gate_dir) / "start", args.index, args.procs)
             for r in backend.run(reqs):
                 results.append(r)
     except Exception as exc:  # a run that gave up (429 budget spent) is a result too
         error = f"{type(exc).__name__}: {exc}"[:300]
     print(json.dumps({"ok": sum(r.get("error") is None for r in results), "results": len(results),
                       "error": error, "wall_s": round(time.monotonic() - started, 2)}), flush=True)
+
+
+def start_together(gate_dir: Path, index: int, procs: int, timeout_s: float = 300) -> None:
+    """Wait until every worker has imported and built its client. On a busy machine the
+    imports alone take seconds, and workers that start that far apart never overlap."""
+    gate_dir.mkdir(exist_ok=True)
+    (gate_dir / f"ready-{index}").touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(gate_dir.glob("ready-*"))) < procs:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(gate_dir.glob('ready-*')))} of {procs} workers started")
+        time.sleep(0.02)
 
 
 def max_in_span(times: list[float], span: float) -> int:
@@ -89,7 +102,7 @@ def run_once(mode: str, procs: int, per_proc: int, rpm: float, tpm: float | None
         cmd = [sys.executable, __file__, "--worker", "--url", srv.url, "--mode", mode, "--per-proc", str(per_proc),
                "--rpm", str(rpm), "--window-s", str(window_s), "--gate-dir", gate_dir,
                "--concurrency", str(concurrency), "--max-tokens", str(max_tokens),
-               "--max-429-wait-s", str(max_429_wait_s)]
+               "--max-429-wait-s", str(max_429_wait_s), "--procs", str(procs)]
         if tpm:
             cmd += ["--tpm", str(tpm)]
         workers = [subprocess.Popen(cmd + ["--index", str(i)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
