@@ -88,8 +88,10 @@ def _result(state):
 
 def cmd_run(args, server=None) -> int:
     from flows.config import checked_stages, load_config
+    from flows.faults import requested_faults
 
     stages = checked_stages([s.strip() for s in args.stages.split(",") if s.strip()], "--stages")
+    requested_faults()  # a malformed UF_FAIL_SHARDS fails now, not once the server is up
     cfg = load_config(args.config, args.overrides, output=args.out)
     from flows.progress import cli_display
     from flows.ultrafeedback import ultrafeedback
@@ -109,9 +111,11 @@ def cmd_run(args, server=None) -> int:
 
 def cmd_backfill(args, server=None) -> int:
     from flows.config import checked_stages
+    from flows.faults import requested_faults
 
     stages = _csv(args.stages)
     stages = checked_stages(stages, "--stages") if stages else None
+    requested_faults()
     from flows.backfill import backfill
     from flows.progress import cli_display
 

@@ -148,5 +148,6 @@ def test_a_malformed_fault_spec_fails_the_cli_before_any_work(tmp_path, spec):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), FAULT_ENV: spec}
     run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", SCRIPTED, "--out",
                           str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode != 0 and "UF_FAIL_SHARDS" in run.stderr
+    assert run.returncode == 2 and "UF_FAIL_SHARDS" in run.stderr
+    assert "Traceback" not in run.stderr
     assert not (tmp_path / "run").exists()
