@@ -7,6 +7,10 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# The suite starts Python many times (servers, workers, CLI runs, engines) in environments
+# this script builds: let Python cache the bytecode it compiles there, so the installs can
+# skip compiling (scripts/bootstrap.sh) and each module is compiled once, not at every start.
+unset PYTHONDONTWRITEBYTECODE
 # The engine environment (its own venv, a few minutes from nothing) builds beside the
 # project's; its output is shown once it is done.
 engine_pid=""
