@@ -80,11 +80,11 @@ def check_exact(out: Path) -> tuple[int, int]:
     return completions, ratings
 
 
-def test_one_faulty_rate_limited_endpoint_for_pool_and_judge_across_two_kills(prefect_server, tmp_path):  # noqa: F811
+def test_one_faulty_rate_limited_endpoint_for_pool_and_judge_across_two_kills(prefect_api, tmp_path):  # noqa: F811
     srv = QuietServer(limits=Limits(rpm=300), faults=[Fault("503", rate=0.03), Fault("reset", rate=0.01)],
                       latency_s=0.05, completion_words=40, rationale_words=12, seed=11).start()
     out = tmp_path / "out"
-    runner = Runner(prefect_server, tmp_path, run_config(out, srv.url), "one")
+    runner = Runner(prefect_api, tmp_path, run_config(out, srv.url), "one")
     rng = random.Random(5)
     try:
         kills = []

@@ -1,7 +1,8 @@
 """SIGKILL the running pipeline at random points, rerun it, and get the same dataset.
 
-One real Prefect server serves every run of the module. Generation and judging go over
-real HTTP to two OpenAI-protocol test servers (tests/servers/openai_server.py) with a small
+One Prefect API serves every run of the module: the session's test API, a server process
+of its own that outlives every kill (`prefect_api`). Generation and judging go over real
+HTTP to two OpenAI-protocol test servers (tests/servers/openai_server.py) with a small
 latency, so a run spends seconds in each stage. The CLI runs in its own process group
 (tests/faults/kill_worker.py, which is the CLI plus an optional pause inside a shard
 write) and is killed with SIGKILL:
@@ -69,7 +70,7 @@ def run_config(out: Path, gen_url: str, judge_url: str) -> dict:
 
 
 class Runner:
-    """Starts the CLI on a config in its own process group, against the module's Prefect server."""
+    """Starts the CLI on a config in its own process group, against the session's Prefect test API."""
 
     def __init__(self, prefect, tmp: Path, cfg: dict, name: str):
         self.prefect, self.out = prefect, Path(cfg["output"])
@@ -191,10 +192,10 @@ def servers():
 
 
 @pytest.fixture(scope="module")
-def baseline(prefect_server, servers, tmp_path_factory):  # noqa: F811
+def baseline(prefect_api, servers, tmp_path_factory):  # noqa: F811
     gen, (judge, _) = servers
     tmp = tmp_path_factory.mktemp("baseline")
-    runner = Runner(prefect_server, tmp, run_config(tmp / "out", gen.url, judge.url), "baseline")
+    runner = Runner(prefect_api, tmp, run_config(tmp / "out", gen.url, judge.url), "baseline")
     runner.finish()
     stats = get_stats(judge.url)
     assert stats["duplicates"] == [] and stats["answered"] > 0
@@ -203,11 +204,11 @@ def baseline(prefect_server, servers, tmp_path_factory):  # noqa: F811
 
 
 def test_sigkill_in_generation_rating_and_shard_writes_then_rerun_equals_a_clean_run(
-        prefect_server, servers, baseline, tmp_path):  # noqa: F811
+        prefect_api, servers, baseline, tmp_path):  # noqa: F811
     gen, (_, judge) = servers
     rng = random.Random(int(os.environ.get("UF_KILL_SEED", "20260127")))
     out = tmp_path / "out"
-    runner = Runner(prefect_server, tmp_path, run_config(out, gen.url, judge.url), "killed")
+    runner = Runner(prefect_api, tmp_path, run_config(out, gen.url, judge.url), "killed")
     gen_before = get_stats(gen.url)["answered"]
     kills: list[dict] = []
 

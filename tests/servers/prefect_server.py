@@ -7,8 +7,11 @@ workers, deploy scripts) and `.settings()` (the same for in-process clients), pl
 `start_worker`. Readiness is polled on /api/health; every process started here runs in its
 own process group and is killed at teardown (SIGTERM, then SIGKILL).
 
-Use it through the module-scoped fixture `prefect_server` (one server per test module):
-`from tests.servers.prefect_server import prefect_server`.
+Use it through the module-scoped fixture `prefect_server` (one server per test module).
+Tests that only need an API which outlives the processes they start and kill (CLI runs,
+SIGKILLs, reruns) take `prefect_api` instead: the same client interface on the session's
+test API (`prefect_test_harness`, itself a Prefect API server in a subprocess, SQLite),
+so such a module starts no server of its own (a `prefect server` start costs 10-15 s of CPU).
 """
 from __future__ import annotations
 
@@ -50,7 +53,36 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             continue
 
 
-class PrefectServer:
+class ApiClients:
+    """What a test hands to Prefect clients: `.env()` for subprocesses, `.settings()` in process."""
+    api_url: str
+    home: Path
+
+    def _base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        return {**env, **QUIET, "PREFECT_HOME": str(self.home)}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a client process of this server."""
+        return {**self._base_env(), "PREFECT_API_URL": self.api_url, **extra}
+
+    @contextlib.contextmanager
+    def settings(self) -> Iterator[None]:
+        """Point this process's Prefect client at the server for the block."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            yield
+
+
+class HarnessApi(ApiClients):
+    """The session's test API; `home` is the clients' PREFECT_HOME (a folder of the module)."""
+
+    def __init__(self, api_url: str, home: Path):
+        self.api_url, self.home = api_url, Path(home)
+
+
+class PrefectServer(ApiClients):
     def __init__(self, home: Path, startup_timeout_s: float = 120.0, ui: bool = False):
         self.home = Path(home)
         self.ui = ui  # serve the web UI too (at `.ui_url`), for the browser tests
@@ -62,14 +94,6 @@ class PrefectServer:
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self.children: list[subprocess.Popen] = []
-
-    def _base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        return {**env, **QUIET, "PREFECT_HOME": str(self.home)}
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment for a client process of this server."""
-        return {**self._base_env(), "PREFECT_API_URL": self.api_url, **extra}
 
     def start(self) -> "PrefectServer":
         env = {**self._base_env(), "PREFECT_UI_ENABLED": str(self.ui).lower(),
@@ -100,14 +124,6 @@ class PrefectServer:
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
-    @contextlib.contextmanager
-    def settings(self) -> Iterator[None]:
-        """Point this process's Prefect client at the server for the block."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-            yield
-
     def start_worker(self, pool: str, log_name: str = "worker.log", **env: str) -> subprocess.Popen:
         """A process worker polling `pool` every second; stopped with the server."""
         log = open(self.home / log_name, "ab")
@@ -133,3 +149,10 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def prefect_api(prefect_harness, tmp_path_factory) -> HarnessApi:
+    from prefect.settings import PREFECT_API_URL
+
+    return HarnessApi(PREFECT_API_URL.value(), tmp_path_factory.mktemp("prefect-home"))

@@ -98,7 +98,7 @@ HOSTILE_FILES = {
 
 @pytest.mark.server
 @pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
-def test_the_cli_names_the_file_and_writes_nothing(prefect_server, tmp_path, case):  # noqa: F811
+def test_the_cli_names_the_file_and_writes_nothing(prefect_api, tmp_path, case):  # noqa: F811
     """End to end: exit code 2, one line naming the file and row, no traceback, no shard."""
     import subprocess
     import sys
@@ -111,7 +111,7 @@ def test_the_cli_names_the_file_and_writes_nothing(prefect_server, tmp_path, cas
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", CFG, "--out", str(out),
                            "--set", f"sources.3.path={bad}", "--set", "sources.3.quota=1", "--no-progress"],
-                          cwd=root, env=prefect_server.env(PYTHONPATH=str(root)), capture_output=True, text=True,
+                          cwd=root, env=prefect_api.env(PYTHONPATH=str(root)), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()

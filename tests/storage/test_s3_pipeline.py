@@ -4,7 +4,7 @@ The S3 API is moto's server mode (a real HTTP server speaking the S3 protocol), 
 through s3fs exactly as a bucket would be: the CLI processes get the endpoint from
 `FSSPEC_S3_ENDPOINT_URL` and credentials from the usual AWS variables. The scripted config
 (tests/fixtures/configs/scripted.yaml) runs through the CLI in its own process group
-against one real Prefect server, and:
+against the session's Prefect test API, a server process of its own, and:
 - an uninterrupted run gives the reference tables;
 - a second run is SIGKILLed three times: with a completions shard moved into place but
   its done marker not written, with half a ratings shard in its temporary object, and
@@ -151,8 +151,8 @@ def check_markers(s3, name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(prefect_server, s3, tmp_path_factory):  # noqa: F811
-    run = Run(prefect_server, s3, tmp_path_factory.mktemp("clean"), "clean")
+def reference(prefect_api, s3, tmp_path_factory):  # noqa: F811
+    run = Run(prefect_api, s3, tmp_path_factory.mktemp("clean"), "clean")
     assert run.wait() == 0, run.log()
     got = tables(s3, "clean")
     assert {p.split("/")[0] for p in got} == {"dataset", "dataset_long", "preferences"}
@@ -165,8 +165,8 @@ def assert_same(got: dict, want: dict) -> None:
         assert table.equals(want[path]), path
 
 
-def test_sigkill_inside_shard_writes_on_s3_then_rerun_equals_a_clean_run(prefect_server, s3, reference, tmp_path):  # noqa: F811
-    run = Run(prefect_server, s3, tmp_path, "killed")
+def test_sigkill_inside_shard_writes_on_s3_then_rerun_equals_a_clean_run(prefect_api, s3, reference, tmp_path):  # noqa: F811
+    run = Run(prefect_api, s3, tmp_path, "killed")
     run.kill_inside("marker:generate:2")  # a completions object in place, its marker not yet written
     run.kill_inside("tmp:rate:1")  # half a ratings shard streamed to its temporary object
     run.kill_inside("marker:rate:2")  # a ratings object in place, no marker
@@ -181,8 +181,8 @@ def test_sigkill_inside_shard_writes_on_s3_then_rerun_equals_a_clean_run(prefect
     assert not s3.fs.glob(f"{BUCKET}/killed/journal/**")
 
 
-def test_a_failed_shard_on_s3_is_backfilled(prefect_server, s3, reference, tmp_path):  # noqa: F811
-    run = Run(prefect_server, s3, tmp_path, "filled")
+def test_a_failed_shard_on_s3_is_backfilled(prefect_api, s3, reference, tmp_path):  # noqa: F811
+    run = Run(prefect_api, s3, tmp_path, "filled")
     assert run.wait(UF_FAIL_SHARDS="rate:*") != 0
     s3.fs.invalidate_cache()
     failed = s3.fs.glob(f"{BUCKET}/filled/rate/*.failed.json")
