@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any, Iterator, Protocol
 
-from tasks.assemble.report import artifact_key  # one naming rule for every artifact of a run
+from storage.keys import artifact_key  # one naming rule for every artifact of a run
 
 log = logging.getLogger("ultrafeedback.progress")
 UPDATE_EVERY_S = 2.0  # progress artifact updates are API calls; thousands of shards must not mean thousands

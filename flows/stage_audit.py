@@ -15,16 +15,9 @@ for answers its journal lacks. The assemble stage only reads these shards (see
 """
 from __future__ import annotations
 
-import pandas as pd
 import pyarrow as pa
 from prefect import task
 
-import tasks.audit.calls
-import tasks.audit.humans
-import tasks.audit.probes
-import tasks.audit.report
-import tasks.audit.run
-import tasks.audit.stats
 from flows.common import StageResult, logger
 from flows.shard_tasks import ShardJob, key_from_param, run_shard_tasks, transient_only
 from flows.stage_rate import key_config
@@ -40,8 +33,8 @@ INPUTS = ("sample", "generate", "rate")
 
 
 def _code() -> str:
-    a = tasks.audit
-    return code_version(a.calls, a.humans, a.probes, a.run, a.stats, a.report)
+    # By name: the audit's statistics (scipy, scikit-learn) are imported only by its tasks.
+    return code_version(*(f"tasks.audit.{m}" for m in ("calls", "humans", "probes", "run", "stats", "report")))
 
 
 def _seed(cfg) -> int:
@@ -101,7 +94,8 @@ def audit_part(cfg, part: str, refs: dict[str, list[ShardRef]], key: str) -> dic
 
 
 def _artifacts(name: str, results: pa.Table, report_md: str) -> None:
-    from tasks.assemble.report import _in_prefect_run, artifact_key
+    from storage.keys import artifact_key
+    from tasks.assemble.report import _in_prefect_run
     from tasks.markdown import records
 
     if not _in_prefect_run():
@@ -127,6 +121,8 @@ def _instructions(store: ShardStore, refs: list[ShardRef], ids: set[str]) -> dic
 
 def _finish(cfg, store: ShardStore, parts: list[ShardRef], sample_refs: list[ShardRef]) -> dict:
     """Figures, report, plots and artifacts from the finished part shards."""
+    import pandas as pd
+
     from tasks.audit import report
     from tasks.audit.run import cost_lines, figures, self_model
 

@@ -9,10 +9,10 @@ when called outside one, so the pure pipeline and its tests run without Prefect.
 from __future__ import annotations
 
 import logging
-import re
 
 import pandas as pd
 
+from storage.keys import artifact_key
 from tasks.assemble.stats import RunStats
 from tasks.markdown import kv, records, table
 
@@ -48,13 +48,6 @@ def _in_prefect_run() -> bool:
     except ImportError:
         return False
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def artifact_key(run_name: str, suffix: str) -> str:
-    """`<run-name-slug>-<suffix>`: keys allow lowercase letters, digits and dashes, and
-    naming them after the run keeps two runs on one Prefect server apart."""
-    slug = re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-") or "ultrafeedback"
-    return f"{slug}-{suffix}"
 
 
 def publish_report_artifacts(name: str, stats: RunStats, pair_stats: dict, report_md: str) -> list[str]:
