@@ -1,5 +1,6 @@
-"""The `prefect` store of a shared limit against a real `prefect server` (SQLite): the limits
-are created from the setting, and taking them paces sends at their slot decay.
+"""The `prefect` store of a shared limit against a real Prefect API server (the session's test
+API, SQLite): the limits are created from the setting, and taking them paces sends at their
+slot decay.
 
 SQLite delivers these limits below their rate under load, so only the lower bound of the
 time is asserted: the gate must never let sends go faster than the limit.
@@ -15,10 +16,10 @@ from tasks.backends.shared_limit import PrefectGate, SharedLimit, ensure_prefect
 pytestmark = pytest.mark.server
 
 
-def test_prefect_limits_are_created_and_pace_sends(prefect_server):  # noqa: F811
+def test_prefect_limits_are_created_and_pace_sends(prefect_api):
     limit = SharedLimit(name="bench-key", store="prefect", rpm=120, window_s=60, burst=1 / 30, headroom=1.0)
     assert prefect_limit_specs(limit) == {"bench-key-requests": (4, 2.0)}
-    with prefect_server.settings():
+    with prefect_api.settings():
         ensure_prefect_limits(limit)
         ensure_prefect_limits(limit)  # a second call updates instead of failing
         from prefect.client.orchestration import get_client
