@@ -23,9 +23,34 @@ import tempfile
 import time
 
 
+def _parse_gguf_once() -> None:
+    """transformers parses the GGUF file three times (tokenizer, config, weights: ~6 s each,
+    most of it the 49k-entry vocabulary) and rebuilds gguf's tensor-name map once per
+    module (~400 times, ~9 s); both are pure functions of their arguments, so one parse and
+    one map per architecture serve all calls. transformers imports both names from `gguf`
+    when it calls them, so replacing them there is enough. The output is byte-identical."""
+    import functools
+
+    import gguf
+
+    readers: dict[str, object] = {}
+    reader_cls = gguf.GGUFReader
+
+    def reader(path, *args, **kwargs):
+        key = os.path.abspath(str(path))
+        if args or kwargs or key not in readers:
+            readers[key] = reader_cls(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
+
+
 def convert(gguf_path: str, out_dir: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    _parse_gguf_once()
 
     folder, name = os.path.split(os.path.abspath(gguf_path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
