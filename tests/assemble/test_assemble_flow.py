@@ -28,7 +28,7 @@ def _artifacts(flow_run_id=None):
 @pytest.fixture(scope="module")
 def run_dir(prefect_harness, tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "run"
-    cfg = load_config(CFG, output=str(out))
+    cfg = load_config(CFG, ["publish.plots=true"], output=str(out))  # the test config has them off
     state = ultrafeedback(config=cfg, return_state=True)
     return out, cfg, state
 
