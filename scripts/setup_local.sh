@@ -72,7 +72,25 @@ build_env() {
   # Their PyPI builds target CUDA torch and break imports beside torch+cpu; triton has no
   # use on CPU. vllm does not import any of them for text generation.
   "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
-  "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+  # The import check runs beside the model conversion (build_model; finish_env waits for it).
+  # It imports what an API server and its engine process import, so Python compiles those
+  # modules here, on a core the install has left idle, instead of at the first engine start.
+  CHECK_LOG="$(mktemp)"
+  "$VENV/bin/python" -c "import torch, vllm, vllm.entrypoints.openai.api_server, vllm.v1.engine.core, \
+vllm.v1.worker.cpu_model_runner; print('vllm', vllm.__version__, 'torch', torch.__version__)" >"$CHECK_LOG" 2>&1 &
+  CHECK_PID=$!
+  trap 'kill "$CHECK_PID" 2>/dev/null || true' EXIT
+}
+
+finish_env() {
+  [[ -n "${CHECK_PID:-}" ]] || return 0
+  if ! wait "$CHECK_PID"; then
+    cat "$CHECK_LOG" >&2
+    log "the engine environment $VENV does not import vllm; see above" >&2
+    exit 1
+  fi
+  tail -n 1 "$CHECK_LOG"
+  rm -f "$CHECK_LOG"
   echo "$ENV_WANT" > "$ENV_STAMP"
 }
 
@@ -98,4 +116,5 @@ PY
 
 build_env
 build_model
+finish_env
 log "done. engine python: $VENV/bin/python  model: $MODEL_DIR"
