@@ -64,6 +64,11 @@ def xdist_scope(nodeid: str) -> str:
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
+    # xdist hands scopes out by their number of tests unless told not to (its
+    # `--loadscope-reorder` is on by default), which put the long server modules, a few tests
+    # each, and the vLLM scope at the end of the queue: this order (LONGEST) is the one to keep.
+    config.option.loadscopereorder = False
+
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return xdist_scope(nodeid)
