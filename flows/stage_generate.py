@@ -1,5 +1,5 @@
 """Generation stage as Prefect tasks: one task per engine, and one merge task per shard that
-starts when the engines serving its shard are done.
+starts when the engines serving its shard have written their parts of it.
 
 Inputs: the run config, the finished instruction shards and optionally `only` (the shard
 ids a backfill is limited to).
@@ -49,7 +49,7 @@ from flows.shard_tasks import (
     transient_only,
 )
 from storage.shards import ShardRef, ShardStore
-from tasks.generation import gpu_ledger
+from tasks.generation import gpu_ledger, part_events
 from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups, planned_engine, with_engine
 from tasks.generation.schedule import Plan
 from tasks.generation.schedule_pool import plan_for_pool
@@ -62,27 +62,33 @@ def rows_by_source(cfg) -> dict[str, str]:
 
 @task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
 def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gpus: int | None = None,
-                         ledger_key: str | None = None) -> dict:
+                         ledger_key: str | None = None, parts_key: str | None = None) -> dict:
     """Bring one engine up, generate every unfinished part of its entries, stop it.
 
     Not cached by Prefect: the parts' done markers decide what is left to do, and a task
     with nothing left to do starts no engine. `ledger_key`: the run's GPU ledger (elastic
-    mode), which this task's servers wait on for their GPUs.
+    mode), which this task's servers wait on for their GPUs. `parts_key`: the run's channel
+    (tasks/generation/part_events.py), told as each shard's parts are written.
     """
     store = ShardStore(cfg.output)
+
+    def on_part(shard_id: str) -> None:
+        part_events.notify(parts_key, group.engine_id, shard_id)
+
     if ledger_key is not None:
-        return _summary(*_run_elastic(cfg, store, group, instr_refs, gpu_ledger.ledger(ledger_key)))
+        return _summary(*_run_elastic(cfg, store, group, instr_refs, gpu_ledger.ledger(ledger_key), on_part))
     gate = nullcontext()
     if cfg.generation.gpu_slots and group.serve in VLLM_MODES:
         from prefect.concurrency.sync import concurrency
 
         gate = concurrency(cfg.generation.gpu_slots, occupy=gpus or group.entries[0].tensor_parallel_size)
     with gate:
-        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), store.log_dir())
+        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), store.log_dir(),
+                        on_part=on_part)
     return _summary(res)
 
 
-def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], led) -> tuple:
+def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], led, on_part=None) -> tuple:
     """One engine task of an elastic plan; whatever way it ends, its GPUs are released and its
     unused placements skipped, so the engines planned after it on its GPUs go on."""
     from tasks.generation.elastic_engine import ElasticBackend, HeldBackend
@@ -100,7 +106,7 @@ def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[Sh
         elif group.serve in VLLM_MODES:
             backend = HeldBackend(group.engine_id, led, open_backend(group, log_dir, output_root=store.root))
         res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), log_dir,
-                        backend=backend)
+                        backend=backend, on_part=on_part)
     finally:
         led.finish(group.engine_id)
     return res, (backend.history() if isinstance(backend, ElasticBackend) else None)
@@ -136,17 +142,18 @@ def _as_planned(cfg, group: EngineGroup, replicas: int, gpu_ids: list[int]) -> E
     return with_engine(group, planned_engine(group.entries[0].engine, replicas, gpu_ids, pin))
 
 
-def _submit_elastic(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], ledger_key: str) -> list:
+def _submit_elastic(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], ledger_key: str,
+                    parts_key: str | None = None) -> list:
     """Every engine task at once, in plan order: the ledger, not `wait_for`, orders their servers."""
     return [generate_with_engine.with_options(name=f"generate-engine-{g.engine_id}").submit(
-        cfg, g, instr_refs, ledger_key=ledger_key) for g in groups]
+        cfg, g, instr_refs, ledger_key=ledger_key, parts_key=parts_key) for g in groups]
 
 
 def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], plan: Plan,
-                    ledger_key: str | None = None) -> list:
+                    ledger_key: str | None = None, parts_key: str | None = None) -> list:
     by_id = {g.engine_id: g for g in groups}
     if ledger_key is not None:
-        return _submit_elastic(cfg, [by_id[e] for e in plan.order()], instr_refs, ledger_key)
+        return _submit_elastic(cfg, [by_id[e] for e in plan.order()], instr_refs, ledger_key, parts_key)
     gated = cfg.generation.gpu_slots and cfg.generation.schedule.gpus is None  # the limit alone decides
     futures, last_on = [], {}
     for engine_id in plan.order():
@@ -155,7 +162,7 @@ def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], 
         before = [] if gated else list(dict.fromkeys(last_on[g] for g in gpu_ids if g in last_on))
         fut = generate_with_engine.with_options(name=f"generate-engine-{engine_id}").submit(
             cfg, _as_planned(cfg, group, plan.replicas(engine_id), gpu_ids), instr_refs,
-            gpus=len(gpu_ids) if cfg.generation.schedule.gpus else None,
+            gpus=len(gpu_ids) if cfg.generation.schedule.gpus else None, parts_key=parts_key,
             wait_for=[allow_failure(f) for f in before] or None)
         futures.append(fut)
         for g in gpu_ids:
@@ -193,18 +200,16 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     """Completion shards for the finished instruction shards (with `only`, just those ids), in flight.
 
     The engines are submitted now. `collect(on_done)` (or `settled`) submits each shard's
-    merge as soon as the engines that have requests for it are done (its `wait_for`), a
-    failed engine failing only the shards it serves, and calls `on_done(job, output)` as
-    each shard is merged: that is how the rate stage starts behind generation. A merge is
-    submitted when its engines end rather than at once with `wait_for` alone, because a
-    task waiting for its `wait_for` holds a thread of the bounded thread pool: merges
-    waiting for a slow engine would take every thread from the merges that could run.
-    Limit: an engine task ends when its last shard is written, so a shard waits for every
-    engine it drew, whole; in a pool where every shard draws every model (k = pool size)
-    no merge starts before the last engine ends.
+    merge as soon as every engine that has requests for it has written its parts (word
+    from inside the engine tasks, tasks/generation/part_events.py) or has ended, a failed
+    engine failing only the shards whose parts it did not write, and calls
+    `on_done(job, output)` as each shard is merged: that is how the rate stage starts
+    behind generation, on the first shards while the engines still generate the rest. A
+    merge is submitted when it can run rather than at once with `wait_for`, because a task
+    waiting for its `wait_for` holds a thread of the bounded thread pool: merges waiting
+    for a slow engine would take every thread from the merges that could run. Engine
+    tasks in other processes (Dask, Ray) send no word; their shards merge when they end.
     """
-    from prefect.futures import as_completed
-
     instr_refs = sorted(instructions.refs, key=lambda r: r.shard_id)
     rows = rows_by_source(cfg)
     jobs = [ShardJob(r.shard_id, merge_key(r, cfg.generation, cfg.seed, rows), {"cfg": cfg, "instr": r})
@@ -219,27 +224,39 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     logger().info("%s\nmode: %s", plan.render(), mode)
     key = f"{cfg.output}|{uuid.uuid4().hex}" if mode == "elastic" else None
     led = gpu_ledger.open_ledger(key, plan) if key else None
-    engine_futures = _submit_engines(cfg, groups, wanted, plan, key)
+    parts_key = f"{cfg.output}|parts|{uuid.uuid4().hex}"
+    events = part_events.open_channel(parts_key)  # before the engines start: none of their word is lost
+    engine_futures = _submit_engines(cfg, groups, wanted, plan, key, parts_key)
     future_of = dict(zip(plan.order(), engine_futures))
+    for engine_id, fut in future_of.items():
+        fut.add_done_callback(lambda _f, e=engine_id: events.put(("engine", e, None)))
     serving = _engines_by_shard(cfg, store, groups, wanted)
     run = chosen_jobs(STAGE, store, jobs, only)
     merges.held = None if only is None else len(jobs) - len(run)
 
     def collect(on_done) -> StageResult:
-        collector, left, ended = Collector(merges, len(run)), list(run), set()
+        collector, left, ended, written = Collector(merges, len(run)), list(run), set(), set()
 
         def merge_ready() -> None:
             nonlocal left
-            ready = [j for j in left if serving.get(j.shard_id, set()) <= ended]
+            ready = [j for j in left if all(e in ended or (e, j.shard_id) in written
+                                            for e in serving.get(j.shard_id, ()))]
             left = [j for j in left if j not in ready]
-            collector.add([(j, merges.submit(j, [allow_failure(future_of[e]) for e in serving.get(j.shard_id, ())]))
-                           for j in ready], on_done)
+            # wait_for names the ended engines only (the UI's arrows): not the ones still at work
+            collector.add([(j, merges.submit(j, [allow_failure(future_of[e]) for e in serving.get(j.shard_id, ())
+                                                 if e in ended])) for j in ready], on_done)
 
         merge_ready()  # shards that need no engine (finished parts, or held back)
-        engine_id = {id(f): e for e, f in future_of.items()}
-        for fut in as_completed(engine_futures):
-            ended.add(engine_id[id(fut)])
-            merge_ready()
+        try:
+            while len(ended) < len(future_of):
+                kind, engine, shard_id = events.get()
+                if kind == "engine":
+                    ended.add(engine)
+                else:
+                    written.add((engine, shard_id))
+                merge_ready()
+        finally:
+            part_events.close_channel(parts_key)
         engines = _engine_outcomes(engine_futures)
         schedule = {"mode": mode, **plan.to_dict()}
         if led is not None:  # who held which GPU when, as it happened

@@ -6,8 +6,8 @@ stage's shards with state, rows and content hash, plus the run's summary), the r
 artifacts, and the summary as the flow's result.
 
 Generation and rating overlap: a rate shard starts as soon as its completions shard is
-merged (flows/stage_rate.py), and a merge as soon as the engines serving its shard are done
-(flows/stage_generate.py), through Prefect futures and `wait_for`.
+merged (flows/stage_rate.py), and a merge as soon as the engines serving its shard have
+written their parts of it (flows/stage_generate.py), through Prefect futures and `wait_for`.
 
 A stage that is not run hands on its finished shards from the store, so `--stages
 generate` works on instruction shards written by an earlier run. A shard task that fails
@@ -57,7 +57,7 @@ def run_pipeline(cfg: RunConfig, stages: list[str], only: list[str] | None = Non
         instructions = run_sample(cfg, store, only)
     if "generate" in todo:
         instructions = instructions or finished(store, "sample", needed_by="generate")
-        # In flight: each shard's merge waits only for the engines serving that shard.
+        # In flight: each shard's merge waits only for its own parts.
         completions = run_generate(cfg, store, instructions, only)
     if "rate" in todo:
         # Each rate shard starts as soon as its completions shard is merged (the judge runs

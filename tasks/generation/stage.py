@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import tasks.generation.draws
@@ -204,15 +205,22 @@ def _journaled(store: ShardStore, todo: list[_Todo], backend):
 
 
 def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], cfg: GenerationConfig,
-              seed: int, rows_by_source: dict[str, str], log_dir: str, backend=None) -> GroupResult:
+              seed: int, rows_by_source: dict[str, str], log_dir: str, backend=None,
+              on_part: Callable[[str], None] | None = None) -> GroupResult:
     """Generate every unfinished part of one engine group; parts are written as they complete.
 
     An exception (engine died, transient failures, too many refusals) leaves the finished
     parts in place; the orchestrator's retry redoes only the rest. `backend` replaces the
-    configured one (tests).
+    configured one (tests). `on_part(shard_id)` is called once the group has every part it
+    owes that shard (at once for parts finished earlier), so the shard can be merged while
+    the engine still works on others.
     """
     out = GroupResult(group.engine_id)
     todo = _plan_todo(store, group, instr_refs, cfg, seed, rows_by_source, out)
+    pending = Counter(item.shard_id for item in todo)
+    for shard_id in dict.fromkeys(r.shard_id for r in out.refs):
+        if not pending[shard_id] and on_part:
+            on_part(shard_id)
     if not todo:
         return out
     owner = {p.request_id: item for item in todo for p in item.planned}
@@ -239,7 +247,11 @@ def run_group(store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef],
             if len(item.results) == len(item.planned):
                 problem = _write_part(store, item, cfg.max_error_fraction, out)
                 if problem:
-                    problems.append(problem)
+                    problems.append(problem)  # the shard's count stays above 0: it waits for the engine's end
+                else:
+                    pending[item.shard_id] -= 1
+                    if not pending[item.shard_id] and on_part:
+                        on_part(item.shard_id)
         # A batch engine reports its own generation time (its wall time includes the model load).
         out.generate_s = getattr(engine, "generate_s", None) or time.monotonic() - sent
         out.from_journal = getattr(engine, "from_journal", 0)

@@ -4,7 +4,8 @@ The pool has three instant scripted models and one slow model behind a real loca
 OpenAI-protocol server (one request at a time, `latency_s` each). With k=2 of 4 and one
 prompt per shard, about half the shards never draw the slow model: their merges and
 ratings must happen while the slow engine is still generating, as the outputs' own
-write times show.
+write times show. With k=4 of 4 every shard draws the slow model: a shard is merged and
+rated as soon as the slow engine has written its part, not when that engine ends.
 """
 from __future__ import annotations
 
@@ -42,8 +43,27 @@ def test_rating_starts_while_the_slow_engine_still_generates(prefect_harness, ju
     # The slow engine writes its parts shard by shard, the last one when it is done.
     slow_done = max(mtime(p) for p in (out / "generate_parts" / "slow-delta").glob("*.parquet"))
     rated_before = {s for s in store.plan("rate") if mtime(out / "rate" / f"{s}.parquet") < slow_done}
-    # Whole shards were rated while the slow engine was still generating, and only shards it does not serve.
-    assert rated_before and rated_before <= early, (rated_before, early)
+    # Whole shards were rated while the slow engine was still generating: some it does not
+    # serve, and any it does only after it had written their part.
+    assert rated_before & early, (rated_before, early)
+    slow = out / "generate_parts" / "slow-delta"
+    assert all(mtime(slow / f"{s}.parquet") <= mtime(out / "rate" / f"{s}.parquet") for s in rated_before - early)
+
+
+def test_with_every_model_in_every_shard_rating_starts_before_the_last_part(prefect_harness, judge_server_factory,
+                                                                           tmp_path):
+    server = judge_server_factory(latency_s=SLOW_S)
+    cfg = pipelined_cfg(tmp_path / "run", server.url, "generation.k=4")  # k=4 of 4: no shard avoids the slow model
+    summary = ultrafeedback(config=cfg)
+    assert summary["stages"]["rate"]["shards"]["written"] == 15
+    store, out = ShardStore(cfg.output), tmp_path / "run"
+    assert all(store.done("generate_parts/slow-delta", s) for s in store.plan("generate"))
+    slow_parts = sorted(mtime(p) for p in (out / "generate_parts" / "slow-delta").glob("*.parquet"))
+    rated = sorted(mtime(out / "rate" / f"{s}.parquet") for s in store.plan("rate"))
+    # The slow engine writes a part every SLOW_S or so; shards were merged and rated while it
+    # still generated the rest, so the first rate shard comes well before its last part.
+    assert rated[0] < slow_parts[-1] - 2 * SLOW_S, (rated[:3], slow_parts[-3:])
+    assert sum(t < slow_parts[-1] for t in rated) >= 3
 
 
 def test_a_failed_merge_holds_only_its_own_rate_shard(prefect_harness, judge_server_factory, tmp_path, monkeypatch):

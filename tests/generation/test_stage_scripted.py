@@ -91,6 +91,35 @@ def test_dead_engine_keeps_finished_parts_and_retry_completes_identically(store,
     assert [m.drop(["latency_s"]).to_pylist() for m in merged] == [c.drop(["latency_s"]).to_pylist() for c in clean]
 
 
+def test_each_shard_is_announced_once_its_parts_are_written_and_only_then(store):
+    refs = write_instruction_shards(store, per_shard=3, shards=3)
+    cfg = scripted_pool(n=2, k=2)  # every shard draws both models
+    group = engine_groups(cfg)[0]
+    told: list[tuple[str, bool]] = []
+
+    def on_part(shard_id):  # the part must be on the store when the word comes
+        told.append((shard_id, store.done(part_stage(group.names[0]), shard_id) is not None))
+
+    with pytest.raises(EngineDiedError):
+        run_group(store, group, refs, cfg, 42, {}, "unused", backend=ScriptedBackend(die_after=4), on_part=on_part)
+    assert told == [("s-00000", True)]  # the shard the dead engine did not finish is not announced
+    told.clear()
+    run_group(store, group, refs, cfg, 42, {}, "unused", on_part=on_part)
+    # the part kept from the first attempt is announced at once, the others as they are written
+    assert told == [("s-00000", True), ("s-00001", True), ("s-00002", True)]
+
+
+def test_a_refused_part_is_never_announced(store):
+    refs = write_instruction_shards(store, per_shard=3, shards=2)
+    cfg = scripted_pool(n=1, k=1)
+    refused = {p.request_id for p in plan_shard(store.read_shard(refs[1]), cfg, 42)}
+    told = []
+    with pytest.raises(UltraFeedbackError, match="max_error_fraction"):
+        run_group(store, engine_groups(cfg)[0], refs, cfg, 42, {}, "unused",
+                  backend=ScriptedBackend(fail_ids=refused), on_part=told.append)
+    assert told == ["s-00000"]
+
+
 def test_failed_requests_are_recorded_not_dropped(store):
     refs = write_instruction_shards(store, per_shard=3, shards=1)
     cfg = scripted_pool(n=2, k=2)
