@@ -10,7 +10,9 @@ Inputs: the environment. Outputs: `set_task_threads()`, called before Prefect is
   faster, since the stages' Python work shares one interpreter lock (at 63,967 instructions
   4 threads even took 14 % less CPU than 8). The default set here is half the CPU count,
   at least 4 and at most 16, so a many-core GPU machine still runs one engine per GPU at
-  once; a value already in the environment wins.
+  once; a value already in the environment wins. Engine tasks do not count against it:
+  they run on a thread pool of their own, one thread each (flows/stage_generate.py,
+  `engine_runner`), so the merges and rate tasks keep these threads while engines generate.
 - Garbage collector: the rate stage allocates millions of short-lived containers per run, and
   with CPython's default gen-0 threshold (700) the collector ran thousands of times per shard,
   each pass also walking everything alive (the modules Prefect, pyarrow and pandas import:

@@ -142,27 +142,47 @@ def _as_planned(cfg, group: EngineGroup, replicas: int, gpu_ids: list[int]) -> E
     return with_engine(group, planned_engine(group.entries[0].engine, replicas, gpu_ids, pin))
 
 
-def _submit_elastic(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], ledger_key: str,
-                    parts_key: str | None = None) -> list:
-    """Every engine task at once, in plan order: the ledger, not `wait_for`, orders their servers."""
-    return [generate_with_engine.with_options(name=f"generate-engine-{g.engine_id}").submit(
-        cfg, g, instr_refs, ledger_key=ledger_key, parts_key=parts_key) for g in groups]
+def engine_runner(engines: int):
+    """A thread pool of the engine tasks' own, one thread per engine, when the flow runs on
+    the default thread pool; None on other task runners (Dask, Ray keep engines on their
+    workers). An engine task holds its thread from submission (waiting for its `wait_for`
+    or the GPU ledger) until its engine stops: on the flow's bounded pool (flows/runtime.py)
+    as many engines as threads would leave none for the merges and rate tasks that run
+    beside generation. Enter it before submitting; leave it once the engines are done."""
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    ctx = FlowRunContext.get()
+    if ctx is None or type(ctx.task_runner) is not ThreadPoolTaskRunner:
+        return None
+    return ThreadPoolTaskRunner(max_workers=max(1, engines))
+
+
+def _submit_one(runner, engine_id: str, params: dict, wait_for=None):
+    named = generate_with_engine.with_options(name=f"generate-engine-{engine_id}")
+    if runner is None:
+        return named.submit(**params, wait_for=wait_for)
+    return runner.submit(named, params, wait_for)
 
 
 def _submit_engines(cfg, groups: list[EngineGroup], instr_refs: list[ShardRef], plan: Plan,
-                    ledger_key: str | None = None, parts_key: str | None = None) -> list:
+                    ledger_key: str | None = None, parts_key: str | None = None, runner=None) -> list:
+    """One engine task per group, in plan order (on `runner` if given). Elastic mode
+    (`ledger_key`) submits them all at once: the ledger, not `wait_for`, orders their servers."""
     by_id = {g.engine_id: g for g in groups}
+    common = {"cfg": cfg, "instr_refs": instr_refs, "parts_key": parts_key}
     if ledger_key is not None:
-        return _submit_elastic(cfg, [by_id[e] for e in plan.order()], instr_refs, ledger_key, parts_key)
+        return [_submit_one(runner, e, {**common, "group": by_id[e], "ledger_key": ledger_key})
+                for e in plan.order()]
     gated = cfg.generation.gpu_slots and cfg.generation.schedule.gpus is None  # the limit alone decides
     futures, last_on = [], {}
     for engine_id in plan.order():
         group = by_id[engine_id]
         gpu_ids = sorted({g for p in plan.of(engine_id) for g in p.gpus})
         before = [] if gated else list(dict.fromkeys(last_on[g] for g in gpu_ids if g in last_on))
-        fut = generate_with_engine.with_options(name=f"generate-engine-{engine_id}").submit(
-            cfg, _as_planned(cfg, group, plan.replicas(engine_id), gpu_ids), instr_refs,
-            gpus=len(gpu_ids) if cfg.generation.schedule.gpus else None, parts_key=parts_key,
+        fut = _submit_one(runner, engine_id, {
+            **common, "group": _as_planned(cfg, group, plan.replicas(engine_id), gpu_ids),
+            "gpus": len(gpu_ids) if cfg.generation.schedule.gpus else None},
             wait_for=[allow_failure(f) for f in before] or None)
         futures.append(fut)
         for g in gpu_ids:
@@ -226,7 +246,10 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     led = gpu_ledger.open_ledger(key, plan) if key else None
     parts_key = f"{cfg.output}|parts|{uuid.uuid4().hex}"
     events = part_events.open_channel(parts_key)  # before the engines start: none of their word is lost
-    engine_futures = _submit_engines(cfg, groups, wanted, plan, key, parts_key)
+    runner = engine_runner(len(groups))
+    if runner is not None:
+        runner.__enter__()
+    engine_futures = _submit_engines(cfg, groups, wanted, plan, key, parts_key, runner)
     future_of = dict(zip(plan.order(), engine_futures))
     for engine_id, fut in future_of.items():
         fut.add_done_callback(lambda _f, e=engine_id: events.put(("engine", e, None)))
@@ -258,6 +281,8 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
         finally:
             part_events.close_channel(parts_key)
         engines = _engine_outcomes(engine_futures)
+        if runner is not None:
+            runner.__exit__(None, None, None)  # every engine task has ended: its threads go
         schedule = {"mode": mode, **plan.to_dict()}
         if led is not None:  # who held which GPU when, as it happened
             schedule["ran"] = led.history()

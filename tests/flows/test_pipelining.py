@@ -52,18 +52,23 @@ def test_rating_starts_while_the_slow_engine_still_generates(prefect_harness, ju
 
 def test_with_every_model_in_every_shard_rating_starts_before_the_last_part(prefect_harness, judge_server_factory,
                                                                            tmp_path):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     server = judge_server_factory(latency_s=SLOW_S)
-    cfg = pipelined_cfg(tmp_path / "run", server.url, "generation.k=4")  # k=4 of 4: no shard avoids the slow model
-    summary = ultrafeedback(config=cfg)
+    gamma = f"{{name: slow-gamma, serve: openai, base_url: '{server.url}', model: slow-gamma, concurrency: 1}}"
+    # k=4 of 4: no shard avoids the slow models. Two task threads: if the two slow engine
+    # tasks held the flow's threads, no merge or rate task could run before they ended.
+    cfg = pipelined_cfg(tmp_path / "run", server.url, "generation.k=4", f"generation.models.2={gamma}")
+    summary = ultrafeedback.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(config=cfg)
     assert summary["stages"]["rate"]["shards"]["written"] == 15
     store, out = ShardStore(cfg.output), tmp_path / "run"
-    assert all(store.done("generate_parts/slow-delta", s) for s in store.plan("generate"))
-    slow_parts = sorted(mtime(p) for p in (out / "generate_parts" / "slow-delta").glob("*.parquet"))
+    assert all(store.done(f"generate_parts/slow-{m}", s) for s in store.plan("generate") for m in ("gamma", "delta"))
+    last_part = max(mtime(p) for m in ("gamma", "delta") for p in (out / "generate_parts" / f"slow-{m}").glob("*.parquet"))
     rated = sorted(mtime(out / "rate" / f"{s}.parquet") for s in store.plan("rate"))
-    # The slow engine writes a part every SLOW_S or so; shards were merged and rated while it
-    # still generated the rest, so the first rate shard comes well before its last part.
-    assert rated[0] < slow_parts[-1] - 2 * SLOW_S, (rated[:3], slow_parts[-3:])
-    assert sum(t < slow_parts[-1] for t in rated) >= 3
+    # Each slow engine writes a part every SLOW_S or so; shards were merged and rated while
+    # they still generated the rest, so the first rate shard comes well before the last part.
+    assert rated[0] < last_part - 2 * SLOW_S, (rated[:3], last_part)
+    assert sum(t < last_part for t in rated) >= 3
 
 
 def test_a_failed_merge_holds_only_its_own_rate_shard(prefect_harness, judge_server_factory, tmp_path, monkeypatch):
