@@ -2,7 +2,8 @@
 
 Inputs: none (the test configuration's real instructions, 15 prompts, one per shard).
 Outputs: one JSON line per run and a summary table on stdout: end-to-end seconds of the
-`ultrafeedback` flow (pipelined: a rate shard starts when its completions shard is merged)
+`ultrafeedback` flow (pipelined: a rate shard starts when its completions shard is merged,
+a merge when the shard's parts are written)
 and of the same stage functions run one stage after another (`stage_by_stage` below: each
 stage collected before the next is started, as the flow ran before pipelining). One
 untimed warm-up run first; the two modes alternate which goes first; medians reported.
@@ -11,8 +12,8 @@ The backends are real local OpenAI-protocol servers (tests/servers/openai_server
 fixed latency per request: a generation server per speed and one judge server. Scenarios:
 - `mixed`: k=2 of a pool of four, two fast models and two slow ones; shards that drew no slow
   model are merged and rated while the slow engines still generate.
-- `full`: k=4 of four (every shard draws every model), all slow: no merge can start before
-  the last engine ends, so the expected gain is nil (the documented limit).
+- `full`: k=4 of four (every shard draws every model), all slow: a shard is merged and
+  rated once every engine has written its part of it, while they generate the rest.
 
 Run: `python bench/pipelining.py [--repeat 2] [--slow-s 1.0] [--judge-s 0.3]`.
 """
