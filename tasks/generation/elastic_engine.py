@@ -18,6 +18,16 @@ request, answers those in flight, is stopped, and its GPUs are released to the n
 placement. A server that dies is stopped and released too; its unanswered requests go
 to the engine's other servers (replicas.py fail-over). A retried engine task whose
 placements are all used gets its last placement's GPUs again (`GpuLedger.requeue`).
+
+When the run re-plans (the ledger has a `Replanner`, tasks/generation/replanner.py), the
+launcher takes whichever placement of its engine the latest plan has next, and waits for
+new ones rather than ending while the engine has work; the engine reports its pace and
+its servers (`observe`), asks for a plan when a server stops, once its pace is first
+measured, and when a server outstays its planned time, and each server leaves by the
+planned end the latest plan gave it (`set_planned_end`). With work left and no server (one
+died or failed to start) it asks for a plan, which gives it a placement, so a lost server
+is relaunched within the attempt; after `max_lost` lost servers, or two plans that give
+it none, the launcher ends and the attempt fails for the orchestrator to retry.
 """
 from __future__ import annotations
 
@@ -30,7 +40,7 @@ from tasks.backends.base import Backend, BatchRequest, BatchResult
 from tasks.backends.replicas import ReplicatedBackend, RunView
 from tasks.generation.gpu_ledger import GpuLedger
 from tasks.generation.schedule_plan import Placement
-from tasks.generation.schedule_runtime import may_leave
+from tasks.generation.schedule_runtime import may_leave, observed_left_s, overdue
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +51,18 @@ class _Server:
     placement: Placement
     backend: Backend
     started_s: float
+    ready_s: float | None = None  # when it could take requests
     stopped_s: float | None = None
     why: str = ""
+    asked: int = -1  # the plan version in which it last asked for a re-plan (outstaying its time)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ElasticBackend:
     def __init__(self, engine_id: str, ledger: GpuLedger, launch: Callable[[Placement, int], Backend],
-                 s_per_request: float, balance_wait_s: float = 0.25):
+                 s_per_request: float, balance_wait_s: float = 0.25, max_lost: int = 2):
         self.name = engine_id
+        self.max_lost = max_lost  # servers lost (died, failed to start) before re-plans stop relaunching
         self.engine_id, self.ledger, self.launch = engine_id, ledger, launch
         self.s_per_request, self.balance_wait_s = s_per_request, balance_wait_s
         self.total: int | None = None  # requests of this run, known once `run` starts
@@ -58,6 +71,9 @@ class ElasticBackend:
         self.failures: list[str] = []
         self._by_backend: dict[int, _Server] = {}
         self._launching = 0  # replicas of servers loading now
+        self._loading: dict[int, float] = {}  # claim -> when its server began loading
+        self._planned_end: dict[int, tuple[float, float]] = {}  # claim -> (its end, engine's end) by a re-plan
+        self._paced = False  # its pace has been reported once
         self._starting: Backend | None = None
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -68,12 +84,15 @@ class ElasticBackend:
         return f"ElasticBackend(engine={self.engine_id!r})"
 
     def __enter__(self) -> "ElasticBackend":
-        claims = self.ledger.planned(self.engine_id) or [self.ledger.requeue(self.engine_id)]
+        self.ledger.reopen(self.engine_id)
+        if not self.ledger.planned(self.engine_id):
+            self.ledger.requeue(self.engine_id)
         self.rep = ReplicatedBackend(self.engine_id, [], self.balance_wait_s, joins=True,
                                      should_leave=self._should_leave, on_gone=self._gone)
         self.rep.__enter__()
-        self._thread = threading.Thread(target=self._launch_all, args=(claims,), name=f"elastic-{self.engine_id}",
-                                        daemon=True)
+        if self.ledger.replanner is not None:
+            self.ledger.replanner.attach(self)
+        self._thread = threading.Thread(target=self._launch_all, name=f"elastic-{self.engine_id}", daemon=True)
         self._thread.start()
         return self
 
@@ -95,6 +114,8 @@ class ElasticBackend:
             self._thread.join()
         for server in list(self.servers):
             self._stop(server, "engine done")
+        if self.ledger.replanner is not None:
+            self.ledger.replanner.detach(self)
         self.ledger.finish(self.engine_id)
         if self.rep is not None:
             self.rep.open = False
@@ -108,17 +129,45 @@ class ElasticBackend:
         answered, _ = self.rep.progress()
         return answered >= self.total
 
-    def _launch_all(self, claims: list[int]) -> None:
+    def _launch_all(self) -> None:
+        k, asked, empty = 0, -1, 0  # asked: the plan version when it asked; empty: plans since that gave none
         try:
-            for k, i in enumerate(claims):
+            while not self._cancel.is_set() and not self._done():
+                i = self.ledger.next_planned(self.engine_id)
+                if i is None:
+                    replanner = self.ledger.replanner
+                    if replanner is None or self._lost() >= self.max_lost:
+                        return  # the plan is all used, or relaunching does not help: the orchestrator retries
+                    if not self._has_server():  # work left and no server: a plan must give it one
+                        if asked >= 0 and replanner.version > asked:
+                            empty += 1  # a plan has come since it asked, with no placement for it
+                            if empty >= 2:
+                                return  # its task fails and is retried, as without re-planning
+                            asked = -1
+                        if asked < 0:
+                            asked = replanner.version
+                            replanner.request(f"{self.engine_id} has no server")
+                    self.ledger.wait(0.2)  # a new plan may bring this engine a placement
+                    continue
+                asked, empty = -1, 0
                 if not self.ledger.acquire(i, self._cancel):
-                    continue  # skipped, or the engine task is ending
+                    continue  # skipped or replaced meanwhile, or the engine task is ending
                 if self._cancel.is_set() or self._done():
                     self.ledger.skip(i)  # its engine is done: a launch would only pay a load
                     continue
                 self._start(i, k)
+                k += 1
         finally:
             self.rep.close_joins()
+
+    def _lost(self) -> int:
+        return len(self.failures) + sum(s.why == "died" for s in list(self.servers))
+
+    def _has_server(self) -> bool:
+        with self._lock:
+            if self._loading:
+                return True
+        return any(s.stopped_s is None for s in self.servers)
 
     def _start(self, i: int, k: int) -> None:
         placement = self.ledger.claims[i].placement
@@ -126,6 +175,7 @@ class ElasticBackend:
         backend = None
         with self._lock:
             self._launching += placement.replicas
+            self._loading[i] = started
         try:
             backend = self.launch(placement, k)
             with self._lock:
@@ -141,8 +191,9 @@ class ElasticBackend:
         finally:
             with self._lock:
                 self._launching -= placement.replicas
+                self._loading.pop(i, None)
                 self._starting = None
-        server = _Server(i, placement, backend, started)
+        server = _Server(i, placement, backend, started, self.ledger.now())
         self.servers.append(server)
         self._by_backend[id(backend)] = server
         if self._cancel.is_set():
@@ -165,10 +216,62 @@ class ElasticBackend:
         with self._lock:
             others = self._launching
         others += sum(self._server(j).placement.replicas for j in view.others)
-        # The engine's planned end, shifted by how late this server started (as in the simulation).
-        slack_end = self.ledger.engine_end_s[self.engine_id] + me.started_s - p.start_s
-        return may_leave(self.ledger.now(), me.started_s, p.end_s - p.start_s, self.ledger.pending(self.engine_id),
-                         others, queued * self.s_per_request, slack_end)
+        if me.claim in self._planned_end:  # a re-plan's end for this server, and its engine's
+            end, slack_end = self._planned_end[me.claim]
+            planned = end - me.started_s
+        else:  # the engine's planned end, shifted by how late this server started (as in the simulation)
+            planned = p.end_s - p.start_s
+            slack_end = self.ledger.engine_end_s[self.engine_id] + me.started_s - p.start_s
+        now, replanner = self.ledger.now(), self.ledger.replanner
+        leaving = may_leave(now, me.started_s, planned, self.ledger.pending(self.engine_id), others,
+                            self._left_s(queued, view.answered, view.in_flight, now), slack_end)
+        if replanner is not None:
+            if not self._paced and view.answered >= replanner.min_observed:
+                self._paced = True  # its pace is known now
+                replanner.request(f"{self.engine_id} pace measured")
+            if queued and overdue(now, me.started_s, planned, leaving, me.asked == replanner.version):
+                me.asked = replanner.version  # it stays past its plan: re-plan around it
+                replanner.request(f"{self.engine_id} server on GPUs {p.gpus} overdue")
+        return leaving
+
+    # -- what a re-plan sees and sets ------------------------------------------------------
+    def _left_s(self, queued: int, answered: int, in_flight: int, now: float) -> float:
+        """Queued work in seconds of one replica: at the observed pace once enough is answered
+        (as the simulation judges it), else at the planning estimate."""
+        replanner = self.ledger.replanner
+        if replanner is None:
+            return queued * self.s_per_request
+        spent = sum(s.placement.replicas * ((s.stopped_s or now) - s.ready_s)
+                    for s in list(self.servers) if s.ready_s is not None)
+        return observed_left_s(queued, answered, max(0.0, spent), self.s_per_request, replanner.min_observed,
+                               in_flight)
+
+    def observe(self) -> tuple[float, list[tuple[int, tuple[int, ...], int, float]]] | None:
+        """For a re-plan: the work left (seconds of one replica, at the observed pace) and the
+        servers up or loading as (claim, GPUs, replicas, when it generates); None before the
+        engine's requests are known."""
+        if self.finished:
+            return 0.0, []  # its run is over (a failed one is planned again when its retry enters)
+        if self.total is None or self.rep is None:
+            return None
+        answered, in_flight = self.rep.progress()
+        now = self.ledger.now()
+        left = self._left_s(max(0, self.total - answered - in_flight), answered, in_flight, now)
+        live = {id(self.rep.replicas[j]) for j in self.rep.live()}
+        joined = {id(b) for b in self.rep.replicas}
+        servers = [(s.claim, s.placement.gpus, s.placement.replicas, s.ready_s) for s in list(self.servers)
+                   if s.stopped_s is None and (id(s.backend) in live or id(s.backend) not in joined)]
+        with self._lock:
+            loading = dict(self._loading)
+        load_s = self.ledger.replanner.load_s(self.engine_id) if self.ledger.replanner else 0.0
+        for claim, started in loading.items():
+            p = self.ledger.claims[claim].placement
+            servers.append((claim, p.gpus, p.replicas, started + load_s))
+        return left, servers
+
+    def set_planned_end(self, claim: int, end_s: float, engine_end_s: float) -> None:
+        """A re-plan's word for one server: leave by `end_s`, the engine planned to end by `engine_end_s`."""
+        self._planned_end[claim] = (end_s, engine_end_s)
 
     def _gone(self, replica: int, why: str) -> None:
         self._stop(self._server(replica), why)
@@ -181,46 +284,14 @@ class ElasticBackend:
             server.stopped_s, server.why = self.ledger.now(), why
         self.ledger.release(server.claim)
         log.info("%s: server on GPUs %s stopped (%s)", self.engine_id, server.placement.gpus, why)
+        if self.ledger.replanner is not None:  # its GPUs are free: who takes them may change
+            self.ledger.replanner.request(f"{self.engine_id} server on GPUs {server.placement.gpus} stopped")
 
     def history(self) -> list[dict]:
         """The servers this engine ran: GPUs, dp replicas, when they started and stopped, why."""
         return [{"gpus": list(s.placement.gpus), "replicas": s.placement.replicas, "started_s": round(s.started_s, 3),
                  "stopped_s": None if s.stopped_s is None else round(s.stopped_s, 3), "why": s.why}
                 for s in self.servers]
-
-
-class HeldBackend:
-    """An engine that cannot be split (vllm_batch: one offline engine) on an elastic plan: it
-    waits for its placement's GPUs when entered and releases them when it exits."""
-
-    def __init__(self, engine_id: str, ledger: GpuLedger, inner: Backend):
-        self.name, self.engine_id, self.ledger, self.inner = engine_id, engine_id, ledger, inner
-        self.claim: int | None = None
-
-    def __getattr__(self, name: str):  # generate_s, from_journal: what the inner engine reports
-        return getattr(self.__dict__["inner"], name)
-
-    def __enter__(self) -> "HeldBackend":
-        planned = self.ledger.planned(self.engine_id)
-        self.claim = planned[0] if planned else self.ledger.requeue(self.engine_id)
-        for extra in planned[1:]:
-            self.ledger.skip(extra)
-        self.ledger.acquire(self.claim)
-        try:
-            self.inner.__enter__()
-        except BaseException:
-            self.ledger.release(self.claim)
-            raise
-        return self
-
-    def run(self, requests: Iterable[BatchRequest]) -> Iterator[BatchResult]:
-        return self.inner.run(requests)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.inner.__exit__(*exc)
-        finally:
-            self.ledger.release(self.claim)
 
 
 def _quiet_exit(backend: Backend, engine_id: str) -> None:

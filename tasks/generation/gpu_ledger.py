@@ -13,6 +13,12 @@ it neither launches nor holds back the ones after it. A retried engine task whos
 placements are all used gets its last placement's GPUs again (`requeue`), first in line,
 so it waits only for the servers holding them now.
 
+A run-time re-plan (tasks/generation/replanner.py) replaces the placements not yet taken
+of the engines it re-planned (`replace_planned`; their state becomes "replaced") with its
+own, appended in plan order after every claim in the lanes, and moves those engines'
+planned ends. An engine task that has ended (`finish`) is out of any later plan until its
+retry enters again (`reopen`).
+
 Placements are numbered in plan order (planned start, then engine id), the order the
 engine tasks are submitted in; since every lane is in that order, the first placement
 not yet started can always go once its GPUs are released: the ledger cannot deadlock.
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 
 from tasks.generation.schedule_plan import Placement, Plan
 
-PLANNED, RUNNING, DONE, SKIPPED = "planned", "running", "done", "skipped"
+PLANNED, RUNNING, DONE, SKIPPED, REPLACED = "planned", "running", "done", "skipped", "replaced"
 
 
 @dataclass
@@ -44,6 +50,7 @@ class GpuLedger:
     def __init__(self, plan: Plan, clock=time.monotonic):
         self.clock = clock
         self.t0 = clock()
+        self.gpus, self.per_node = plan.gpus, plan.gpus_per_node
         ordered = sorted((p for p in plan.placements if p.gpus), key=lambda p: (p.start_s, p.engine_id))
         self.claims = [Claim(i, p) for i, p in enumerate(ordered)]
         self.lanes: dict[int, deque[int]] = {g: deque() for g in range(plan.gpus)}
@@ -55,6 +62,8 @@ class GpuLedger:
         for c in self.claims:
             p = c.placement
             self.engine_end_s[p.engine_id] = max(self.engine_end_s.get(p.engine_id, 0.0), p.end_s)
+        self.ended: set[str] = set()  # engines whose task has ended (finish), until a retry reopens
+        self.replanner = None  # tasks.generation.replanner.Replanner when the run re-plans
         self.cond = threading.Condition()
 
     def now(self) -> float:
@@ -67,6 +76,48 @@ class GpuLedger:
 
     def pending(self, engine_id: str) -> int:
         return len(self.planned(engine_id))
+
+    def next_planned(self, engine_id: str) -> int | None:
+        """The engine's first placement not yet taken, skipped or replaced."""
+        planned = self.planned(engine_id)
+        return planned[0] if planned else None
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until the ledger changes (a release, a skip, a new plan) or the timeout."""
+        with self.cond:
+            self.cond.wait(timeout_s)
+
+    def reopen(self, engine_id: str) -> None:
+        """A (retried) task of the engine has entered: later re-plans include it again."""
+        with self.cond:
+            self.ended.discard(engine_id)
+
+    def replace_planned(self, engine_ids: set[str], placements: list[Placement],
+                        engine_end_s: dict[str, float]) -> list[int]:
+        """A new plan for the rest: the untaken placements of `engine_ids` are replaced by
+        `placements`, those engines' planned ends by `engine_end_s`. Placements of an engine
+        whose task has ended meanwhile are dropped (nobody would take them, and they would
+        hold back the lanes they are in). Returns the new claims' indices."""
+        with self.cond:
+            engine_ids = set(engine_ids) - self.ended
+            for c in self.claims:
+                if c.state == PLANNED and c.placement.engine_id in engine_ids:
+                    for g in c.placement.gpus:
+                        self.lanes[g].remove(c.index)
+                    c.state = REPLACED
+            new = []
+            for p in sorted((p for p in placements if p.gpus and p.engine_id in engine_ids),
+                            key=lambda p: (p.start_s, p.engine_id)):
+                claim = Claim(len(self.claims), p)
+                self.claims.append(claim)
+                for g in p.gpus:
+                    self.lanes[g].append(claim.index)
+                new.append(claim.index)
+            for e in engine_ids:
+                if e in engine_end_s:
+                    self.engine_end_s[e] = engine_end_s[e]
+            self.cond.notify_all()
+            return new
 
     def _ready(self, i: int) -> bool:
         gpus = self.claims[i].placement.gpus
@@ -120,6 +171,7 @@ class GpuLedger:
     def finish(self, engine_id: str) -> None:
         """The engine's task ended: release what it holds, skip what it did not use."""
         with self.cond:
+            self.ended.add(engine_id)
             for c in self.claims:
                 if c.placement.engine_id == engine_id and c.state == RUNNING:
                     self.release(c.index)
