@@ -28,8 +28,10 @@ engine task is submitted at once, each still one task (so shards, parts, markers
 retries and backfill are the same), and they wait on the run's GPU ledger
 (tasks/generation/gpu_ledger.py), not on each other's futures. A vllm_server engine
 drives its servers as they get their GPUs (tasks/generation/elastic_engine.py); a
-vllm_batch engine holds its one placement while it runs. The ledger's record of who held
-which GPU when goes into the summary beside the plan.
+vllm_batch engine holds its one placement while it runs (tasks/generation/held_engine.py).
+With `schedule.replan` the run's Replanner (tasks/generation/replanner.py) plans what is
+left again from the engines' observed pace as they go. The ledger's record of who held
+which GPU when, and each re-plan, go into the summary beside the plan.
 """
 from __future__ import annotations
 
@@ -91,8 +93,9 @@ def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gp
 def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], led, on_part=None) -> tuple:
     """One engine task of an elastic plan; whatever way it ends, its GPUs are released and its
     unused placements skipped, so the engines planned after it on its GPUs go on."""
-    from tasks.generation.elastic_engine import ElasticBackend, HeldBackend
+    from tasks.generation.elastic_engine import ElasticBackend
     from tasks.generation.engines import launch_server, open_backend
+    from tasks.generation.held_engine import HeldBackend
     from tasks.generation.schedule_pool import seconds_per_request
 
     sched, log_dir, backend = cfg.generation.schedule, store.log_dir(), None
@@ -110,6 +113,22 @@ def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[Sh
     finally:
         led.finish(group.engine_id)
     return res, (backend.history() if isinstance(backend, ElasticBackend) else None)
+
+
+def _replanner(cfg, groups: list[EngineGroup], led, n_instructions: int):
+    """The run's re-planner (elastic mode with `schedule.replan`), its thread started; None
+    when the plan is followed as made. An offline batch engine holds one placement for its
+    whole run and cannot be moved, so a pool with one is not re-planned."""
+    if led is None or not cfg.generation.schedule.replan:
+        return None
+    held = [g.engine_id for g in groups if g.serve in VLLM_MODES and g.serve != "vllm_server"]
+    if held:
+        logger().info("re-planning is off: %s cannot move between GPUs (serve: vllm_batch)", ", ".join(held))
+        return None
+    from tasks.generation.replanner import Replanner
+    from tasks.generation.schedule_pool import jobs_for_pool
+
+    return Replanner(led, jobs_for_pool(cfg.generation, groups, n_instructions)).__enter__()
 
 
 def _summary(res, servers: list | None = None) -> dict:
@@ -244,6 +263,7 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     logger().info("%s\nmode: %s", plan.render(), mode)
     key = f"{cfg.output}|{uuid.uuid4().hex}" if mode == "elastic" else None
     led = gpu_ledger.open_ledger(key, plan) if key else None
+    replanner = _replanner(cfg, groups, led, sum(r.rows for r in instr_refs))
     parts_key = f"{cfg.output}|parts|{uuid.uuid4().hex}"
     events = part_events.open_channel(parts_key)  # before the engines start: none of their word is lost
     runner = engine_runner(len(groups))
@@ -280,12 +300,16 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
                 merge_ready()
         finally:
             part_events.close_channel(parts_key)
+            if replanner is not None:
+                replanner.__exit__(None, None, None)
         engines = _engine_outcomes(engine_futures)
         if runner is not None:
             runner.__exit__(None, None, None)  # every engine task has ended: its threads go
         schedule = {"mode": mode, **plan.to_dict()}
         if led is not None:  # who held which GPU when, as it happened
             schedule["ran"] = led.history()
+            if replanner is not None:
+                schedule["replans"] = replanner.history
             gpu_ledger.close_ledger(key)
         done = collector.finish(lambda o: f"{sum(r.rows for r in o.refs)} completions")
         summary = {"shards": done.counts, "completions": sum(r.rows for r in done.refs),

@@ -167,6 +167,10 @@ class ScheduleSettings(BaseModel):
                               "plan says so, one request queue across them (needs gpus; engine tasks in the flow's "
                               "process)")
 
+    replan: bool = Field(True, description="elastic: re-plan what is left at run time from the pace the engines "
+                                           "show (when a server stops, once an engine's pace is measured, when a "
+                                           "server outstays its plan); false: follow the plan as made")
+
     @model_validator(mode="after")
     def _elastic_needs_gpus(self) -> "ScheduleSettings":
         if self.mode == "elastic" and self.gpus is None:

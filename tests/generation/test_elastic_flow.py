@@ -5,7 +5,9 @@ tests/servers/vllm_standin.py: a real OpenAI-protocol HTTP server that the flow 
 health-checks, feeds and stops exactly as it would vLLM, and that records the
 CUDA_VISIBLE_DEVICES it was given. The plan is on 3 GPU ids (no GPU is used): two engines
 swap GPUs half way (their first servers leave, the next ones join on the GPUs released),
-and a third engine's second server joins on the GPU a finished engine frees.
+and a third engine's second server joins on the GPU a finished engine frees. Re-planned at
+run time, an engine planned to share the run evenly but three times the work of the other
+gets a second server on the GPU the other frees, which its plan never gave it.
 """
 from __future__ import annotations
 
@@ -26,11 +28,12 @@ MODELS = ["standin/a", "standin/a", "standin/b", "standin/c"]
 LATENCY_S = 0.3  # per answer; two slots per server: about 6.7 answers/s a server
 
 
-def elastic_config(tmp_path, gpus: int = 3):
+def elastic_config(tmp_path, gpus: int = 3, models: list[str] = MODELS, replan: bool = False):
     python = standin_python(tmp_path)
     over = ["generation.schedule.mode=elastic", f"generation.schedule.gpus={gpus}",
-            "generation.schedule.load_s=0.5", "generation.schedule.tokens_per_s=100"]
-    for i, model in enumerate(MODELS):
+            "generation.schedule.load_s=0.5", "generation.schedule.tokens_per_s=100",
+            f"generation.schedule.replan={str(replan).lower()}"]
+    for i, model in enumerate(models):
         over += [f"generation.models.{i}.serve=vllm_server", f"generation.models.{i}.model={model}",
                  f"generation.models.{i}.engine.python={python}", f"generation.models.{i}.engine.stop_timeout_s=5",
                  f"generation.models.{i}.concurrency=2", f"generation.models.{i}.sampling.max_tokens=16",
@@ -99,3 +102,30 @@ def test_servers_join_and_leave_as_their_gpus_are_released(prefect_harness, monk
     engine_of = {"standin/a": A, "standin/b": B, "standin/c": C}
     launched = sorted((engine_of[r["model"]], r["cuda_visible_devices"]) for r in records)
     assert launched == sorted([(A, "0"), (A, "1"), (A, "2"), (B, "1"), (B, "0"), (C, "2")])
+
+
+def test_a_re_planned_run_gives_a_freed_gpu_to_the_engine_still_at_work(prefect_harness, monkeypatch, tmp_path):
+    import flows.stage_generate as sg
+
+    launches = tmp_path / "launches.jsonl"
+    monkeypatch.setenv("STANDIN_LAUNCH_LOG", str(launches))
+    monkeypatch.setenv("STANDIN_LATENCY_S", str(LATENCY_S))
+    heavy, light = "scripted-alpha+2", C  # one model, three sampling settings: 45 requests, against 15
+    even = Plan(2, 2, [Placement(heavy, 0, (0,), 1, 0.0, 10.0, 1.0), Placement(light, 0, (1,), 1, 0.0, 10.0, 1.0)])
+    monkeypatch.setattr(sg, "plan_for_pool", lambda *a: even)
+    cfg = elastic_config(tmp_path, gpus=2, models=["standin/a"] * 3 + ["standin/b"], replan=True)
+    summary = ultrafeedback(config=cfg, stages=["sample", "generate"])["stages"]["generate"]
+
+    assert summary["completions"] == 60 and summary["failed_requests_this_run"] == 0
+    engines = {e["engine_id"]: e for e in summary["engines"]}
+    assert {e: engines[e]["requests"] for e in (heavy, light)} == {heavy: 45, light: 15}
+    servers = engines[heavy]["servers"]
+    assert [s["gpus"] for s in servers] == [[0], [1]]  # the second one was never in the plan
+    assert servers[1]["started_s"] >= engines[light]["servers"][0]["stopped_s"]
+    assert servers[1]["started_s"] < servers[0]["stopped_s"]  # side by side
+    sched = summary["schedule"]
+    assert sched["replans"] and any(r["new_placements"] for r in sched["replans"])
+    assert [r["engine_id"] for r in sched["ran"] if r["state"] == "done"] == [heavy, light, heavy]
+    records = [json.loads(line) for line in launches.read_text().splitlines()]
+    assert sorted((r["model"], r["cuda_visible_devices"]) for r in records) == [
+        ("standin/a", "0"), ("standin/a", "1"), ("standin/b", "1")]
