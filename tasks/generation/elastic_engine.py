@@ -26,8 +26,11 @@ its servers (`observe`), asks for a plan when a server stops, once its pace is f
 measured, and when a server outstays its planned time, and each server leaves by the
 planned end the latest plan gave it (`set_planned_end`). With work left and no server (one
 died or failed to start) it asks for a plan, which gives it a placement, so a lost server
-is relaunched within the attempt; after `max_lost` lost servers, or two plans that give
-it none, the launcher ends and the attempt fails for the orchestrator to retry.
+is relaunched within the attempt. Without re-planning, an engine whose plan is used up and
+whose last server was lost relaunches one on that server's GPUs, first in their lanes (as
+the cluster simulation restarts a failed server). After `max_lost` lost servers (as many
+relaunches, or two plans that give it none), the launcher ends and the attempt fails for
+the orchestrator to retry.
 """
 from __future__ import annotations
 
@@ -75,6 +78,7 @@ class ElasticBackend:
         self._planned_end: dict[int, tuple[float, float]] = {}  # claim -> (its end, engine's end) by a re-plan
         self._paced = False  # its pace has been reported once
         self._starting: Backend | None = None
+        self._last_lost: Placement | None = None  # where a relaunch without a re-planner goes
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,26 +134,16 @@ class ElasticBackend:
         return answered >= self.total
 
     def _launch_all(self) -> None:
-        k, asked, empty = 0, -1, 0  # asked: the plan version when it asked; empty: plans since that gave none
+        k = 0
+        self._asked, self._empty, self._relaunched = -1, 0, 0
         try:
             while not self._cancel.is_set() and not self._done():
                 i = self.ledger.next_planned(self.engine_id)
                 if i is None:
-                    replanner = self.ledger.replanner
-                    if replanner is None or self._lost() >= self.max_lost:
-                        return  # the plan is all used, or relaunching does not help: the orchestrator retries
-                    if not self._has_server():  # work left and no server: a plan must give it one
-                        if asked >= 0 and replanner.version > asked:
-                            empty += 1  # a plan has come since it asked, with no placement for it
-                            if empty >= 2:
-                                return  # its task fails and is retried, as without re-planning
-                            asked = -1
-                        if asked < 0:
-                            asked = replanner.version
-                            replanner.request(f"{self.engine_id} has no server")
-                    self.ledger.wait(0.2)  # a new plan may bring this engine a placement
+                    if not self._await_placement():
+                        return  # relaunching does not help: the attempt fails for the orchestrator to retry
                     continue
-                asked, empty = -1, 0
+                self._asked, self._empty = -1, 0
                 if not self.ledger.acquire(i, self._cancel):
                     continue  # skipped or replaced meanwhile, or the engine task is ending
                 if self._cancel.is_set() or self._done():
@@ -159,6 +153,32 @@ class ElasticBackend:
                 k += 1
         finally:
             self.rep.close_joins()
+
+    def _await_placement(self) -> bool:
+        """The plan has no placement left for this engine. While a server is up, wait (it may
+        be lost too). With work left and no server: re-planned, ask for a plan, which gives it
+        a placement; else relaunch on the GPUs of the server lost last. False to give up:
+        after `max_lost` lost servers, as many relaunches, or two plans that gave it none."""
+        if self._lost() >= self.max_lost:
+            return False
+        replanner = self.ledger.replanner
+        if not self._has_server() and replanner is None:
+            if self._relaunched >= self.max_lost:
+                return False
+            self._relaunched += 1
+            self.ledger.requeue(self.engine_id, self._last_lost)
+            return True
+        if not self._has_server():
+            if self._asked >= 0 and replanner.version > self._asked:
+                self._empty += 1  # a plan has come since it asked, with no placement for it
+                if self._empty >= 2:
+                    return False
+                self._asked = -1
+            if self._asked < 0:
+                self._asked = replanner.version
+                replanner.request(f"{self.engine_id} has no server")
+        self.ledger.wait(0.2)  # a new plan, or a release, may change what it should do
+        return True
 
     def _lost(self) -> int:
         return len(self.failures) + sum(s.why == "died" for s in list(self.servers))
@@ -184,6 +204,7 @@ class ElasticBackend:
         except Exception as exc:  # its GPUs go on to the next placement; the others do the work
             self.failures.append(f"{getattr(backend, 'name', k)}: {type(exc).__name__}: {exc}"[:500])
             log.warning("%s: server on GPUs %s failed to start: %s", self.engine_id, placement.gpus, exc)
+            self._last_lost = placement
             if backend is not None:
                 _quiet_exit(backend, self.engine_id)
             self.ledger.release(i)
@@ -282,6 +303,8 @@ class ElasticBackend:
                 return
             _quiet_exit(server.backend, self.engine_id)
             server.stopped_s, server.why = self.ledger.now(), why
+            if why == "died":
+                self._last_lost = server.placement
         self.ledger.release(server.claim)
         log.info("%s: server on GPUs %s stopped (%s)", self.engine_id, server.placement.gpus, why)
         if self.ledger.replanner is not None:  # its GPUs are free: who takes them may change

@@ -11,7 +11,8 @@ holds its GPUs from its launch until it stops (`release`). A placement whose eng
 done is skipped (`skip`, or `finish` for every placement an engine task left unused), so
 it neither launches nor holds back the ones after it. A retried engine task whose
 placements are all used gets its last placement's GPUs again (`requeue`), first in line,
-so it waits only for the servers holding them now.
+so it waits only for the servers holding them now; so does, without re-planning, an engine
+whose last server was lost within its attempt (on that server's GPUs).
 
 A run-time re-plan (tasks/generation/replanner.py) replaces the placements not yet taken
 of the engines it re-planned (`replace_planned`; their state becomes "replaced") with its
@@ -178,13 +179,14 @@ class GpuLedger:
                 elif c.placement.engine_id == engine_id and c.state == PLANNED:
                     self.skip(c.index)
 
-    def requeue(self, engine_id: str) -> int:
-        """A new placement on the GPUs of the engine's last one, first in their lanes."""
+    def requeue(self, engine_id: str, placement: Placement | None = None) -> int:
+        """A new placement on the GPUs of `placement` (by default the engine's last one),
+        first in their lanes."""
         with self.cond:
             last = [c for c in self.claims if c.placement.engine_id == engine_id]
             if not last:
                 raise KeyError(f"engine {engine_id!r} has no placement on a GPU")
-            claim = Claim(len(self.claims), last[-1].placement)
+            claim = Claim(len(self.claims), placement or last[-1].placement)
             self.claims.append(claim)
             for g in claim.placement.gpus:
                 self.lanes[g].appendleft(claim.index)

@@ -1,7 +1,8 @@
 """ElasticBackend with in-process stand-in servers (tests/backends/slot_backend.py): a server
 that dies releases its GPUs and its requests go to the others; a planned server of an
-engine already done is skipped; a server that fails to start hands its GPUs on; a retry
-after every server died gets its last GPUs again and finishes the rest."""
+engine already done is skipped; a server that fails to start hands its GPUs on; an engine
+whose last server dies relaunches one on its GPUs within the attempt, up to `max_lost`; a
+retry after every server died gets its last GPUs again and finishes the rest."""
 from __future__ import annotations
 
 import threading
@@ -71,9 +72,34 @@ def test_a_server_that_fails_to_start_hands_its_gpus_on():
     assert ledger.acquire(2)  # GPU 1 went on to B at once
 
 
+def test_a_lost_last_server_is_relaunched_on_its_gpus_within_the_attempt():
+    ledger = GpuLedger(_plan(("A", 0, 0, 10), ("B", 0, 10, 12)))
+    launch = Launcher(s0={"die_after": 5})
+    engine = ElasticBackend("A", ledger, launch, s_per_request=0.01)  # no re-planner
+    b_waits = threading.Thread(target=ledger.acquire, args=(1,), daemon=True)
+    b_waits.start()  # B's server is next on GPU 0 and waits for it
+    assert sorted(_run(engine)) == IDS  # each once, in one attempt
+    b_waits.join(5)
+    assert [gpus for _, gpus in launch.launched] == [(0,), (0,)]
+    assert [s["why"] for s in engine.history()] == ["died", "engine done"]
+    assert [h["engine_id"] for h in ledger.history()] == ["A", "B", "A"]
+    assert ledger.history()[1]["acquired_s"] >= ledger.history()[2]["released_s"]  # A's relaunch went first
+
+
+def test_servers_that_keep_dying_end_the_attempt_after_max_lost():
+    ledger = GpuLedger(_plan(("A", 0, 0, 10)))
+    launch = Launcher(s0={"die_after": 3}, s1={"die_after": 3}, s2={"die_after": 3})
+    engine = ElasticBackend("A", ledger, launch, s_per_request=0.01, max_lost=2)
+    got = []
+    with engine, pytest.raises(EngineDiedError):
+        for r in engine.run(requests(40)):
+            got.append(r["custom_id"])
+    assert len(launch.launched) == 2 and len(got) == 6  # one relaunch, then Prefect's retry
+
+
 def test_a_retry_after_every_server_died_finishes_on_its_last_gpus():
     ledger = GpuLedger(_plan(("A", 0, 0, 10), ("B", 0, 10, 12)))
-    first = ElasticBackend("A", ledger, Launcher(s0={"die_after": 5}), s_per_request=0.01)
+    first = ElasticBackend("A", ledger, Launcher(s0={"die_after": 5}), s_per_request=0.01, max_lost=0)
     got = []
     with pytest.raises(EngineDiedError):
         with first:

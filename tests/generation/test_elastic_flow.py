@@ -7,11 +7,15 @@ CUDA_VISIBLE_DEVICES it was given. The plan is on 3 GPU ids (no GPU is used): tw
 swap GPUs half way (their first servers leave, the next ones join on the GPUs released),
 and a third engine's second server joins on the GPU a finished engine frees. Re-planned at
 run time, an engine planned to share the run evenly but three times the work of the other
-gets a second server on the GPU the other frees, which its plan never gave it.
+gets a second server on the GPU the other frees, which its plan never gave it. A server
+SIGKILLed mid-run is relaunched within its engine task, re-planned or not, and every part is
+written once.
 """
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from flows.config import load_config
 from flows.ultrafeedback import ultrafeedback
@@ -129,3 +133,42 @@ def test_a_re_planned_run_gives_a_freed_gpu_to_the_engine_still_at_work(prefect_
     records = [json.loads(line) for line in launches.read_text().splitlines()]
     assert sorted((r["model"], r["cuda_visible_devices"]) for r in records) == [
         ("standin/a", "0"), ("standin/a", "1"), ("standin/b", "1")]
+
+
+@pytest.mark.parametrize("replan", [False, True])
+def test_a_server_killed_mid_run_is_relaunched_within_its_engine_task(prefect_harness, monkeypatch, tmp_path,
+                                                                       replan):
+    import flows.stage_generate as sg
+
+    launches = tmp_path / "launches.jsonl"
+    monkeypatch.setenv("STANDIN_LAUNCH_LOG", str(launches))
+    monkeypatch.setenv("STANDIN_LATENCY_S", str(LATENCY_S))
+    monkeypatch.setenv("STANDIN_DIE_ONCE", str(tmp_path / "died"))
+    monkeypatch.setenv("STANDIN_DIE_MODEL", "standin/a")
+    monkeypatch.setenv("STANDIN_DIE_AFTER", "7")
+    one_each = Plan(3, 3, [Placement(e, 0, (g,), 1, 0.0, 10.0, 0.5) for g, e in enumerate((A, B, C))])
+    monkeypatch.setattr(sg, "plan_for_pool", lambda *a: one_each)
+    cfg = elastic_config(tmp_path, replan=replan)
+    summary = ultrafeedback(config=cfg, stages=["sample", "generate"])["stages"]["generate"]
+
+    assert (tmp_path / "died").exists()  # A's first server was SIGKILLed after 7 answers
+    assert summary["completions"] == 60 and summary["failed_requests_this_run"] == 0
+    assert summary["shards"]["failed"] == 0
+    engines = {e["engine_id"]: e for e in summary["engines"]}
+    a = engines[A]
+    # one attempt did it all: a retry would keep the parts written before the kill and send the rest
+    assert (a["written"], a["kept"], a["requests"]) == (10, 0, 30)
+    servers = a["servers"]
+    assert servers[0]["gpus"] == [0] and servers[0]["why"] == "died"
+    assert len(servers) >= 2 and servers[1]["started_s"] >= servers[0]["stopped_s"]
+    records = [json.loads(line) for line in launches.read_text().splitlines()]
+    if not replan:  # relaunched where it died, and only there
+        assert [(s["gpus"], s["why"]) for s in servers] == [([0], "died"), ([0], "engine done")]
+        assert [r["cuda_visible_devices"] for r in records if r["model"] == "standin/a"] == ["0", "0"]
+    else:  # a re-plan gave it its placement (and maybe the GPUs B and C freed)
+        whys = [w for r in summary["schedule"]["replans"] for w in r["why"]]
+        assert any("has no server" in w or "GPUs (0,) stopped" in w for w in whys)
+    store = ShardStore(cfg.output)
+    rows = [r for ref in store.refs("generate") for r in store.read_shard(ref).to_pylist()]
+    assert len(rows) == 60 and all(r["response"] and r["error"] is None for r in rows)
+    assert len({r["request_id"] for r in rows}) == 60  # each request's answer written once

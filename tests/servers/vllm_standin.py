@@ -2,10 +2,13 @@
 
 Inputs: the command line the flow gives a launched vLLM server (`-m
 vllm.entrypoints.openai.api_server --model M --served-model-name N... --port P ...`; the
-engine arguments it does not need are ignored) and two environment variables:
-STANDIN_LATENCY_S (seconds per answer, default 0) and STANDIN_LAUNCH_LOG (a file: one JSON
+engine arguments it does not need are ignored) and environment variables:
+STANDIN_LATENCY_S (seconds per answer, default 0), STANDIN_LAUNCH_LOG (a file: one JSON
 line per launch with its pid, port, served names, --data-parallel-size and the
-CUDA_VISIBLE_DEVICES it was given). Output: the OpenAI-protocol test server
+CUDA_VISIBLE_DEVICES it was given), and, to kill one server mid-run, STANDIN_DIE_ONCE (a
+file path), STANDIN_DIE_MODEL and STANDIN_DIE_AFTER: the first launch of that model (the
+one that creates the file) SIGKILLs itself once it has answered that many requests (default
+5), with the requests in flight unanswered. Output: the OpenAI-protocol test server
 (tests/servers/openai_server.py, with /health) on that port until SIGTERM.
 
 `standin_python(folder)` writes an executable that runs this file, to put in a pool
@@ -20,6 +23,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,8 +60,29 @@ def main(argv: list[str]) -> None:
         with open(log, "a") as f:
             f.write(json.dumps(record) + "\n")
     srv.start()
+    if _chosen_to_die(args.model):
+        threading.Thread(target=_die_after, args=(srv, int(os.environ.get("STANDIN_DIE_AFTER", "5"))),
+                         daemon=True).start()
     srv.stopping.wait(600)  # bounded: a stand-in nobody stops goes away by itself
     srv.stop()
+
+
+def _chosen_to_die(model: str) -> bool:
+    """True for the first launch of STANDIN_DIE_MODEL: it alone creates the STANDIN_DIE_ONCE file."""
+    path = os.environ.get("STANDIN_DIE_ONCE")
+    if not path or model != os.environ.get("STANDIN_DIE_MODEL"):
+        return False
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _die_after(srv: JudgeServer, answers: int) -> None:
+    while srv.state.by_status.get("200", 0) < answers:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)  # as an engine crash: no clean shutdown, requests in flight lost
 
 
 if __name__ == "__main__":
