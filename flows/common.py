@@ -6,6 +6,7 @@
 - `logger()`: the Prefect run logger inside a run, a plain logger outside one.
 - `quiet_expected_errors()`: a log filter that prints bad input as its message, without a
   traceback.
+- `rows_by_source(cfg)`: each source's principle source, as generation draws principles.
 """
 from __future__ import annotations
 
@@ -54,3 +55,7 @@ def quiet_expected_errors() -> None:
         lg = logging.getLogger(name)
         if not any(isinstance(f, _ExpectedErrorsWithoutTraceback) for f in lg.filters):
             lg.addFilter(_ExpectedErrorsWithoutTraceback())
+
+
+def rows_by_source(cfg) -> dict[str, str]:
+    return {s.name: s.principle_source for s in cfg.sources}

@@ -26,7 +26,8 @@ and its planned GPUs as CUDA_VISIBLE_DEVICES.
 With `schedule.mode: elastic` a placement is one server segment of an engine: every
 engine task is submitted at once, each still one task (so shards, parts, markers,
 retries and backfill are the same), and they wait on the run's GPU ledger
-(tasks/generation/gpu_ledger.py), not on each other's futures. A vllm_server engine
+(tasks/generation/gpu_ledger.py), not on each other's futures (flows/generate_elastic.py
+runs one such engine task). A vllm_server engine
 drives its servers as they get their GPUs (tasks/generation/elastic_engine.py); a
 vllm_batch engine holds its one placement while it runs (tasks/generation/held_engine.py).
 With `schedule.replan` the run's Replanner (tasks/generation/replanner.py) plans what is
@@ -40,7 +41,8 @@ from contextlib import nullcontext
 
 from prefect import allow_failure, task
 
-from flows.common import StageResult, logger
+from flows.common import StageResult, logger, rows_by_source
+from flows.generate_elastic import run_elastic, start_replanner
 from flows.shard_tasks import (
     Collector,
     ShardJob,
@@ -56,10 +58,6 @@ from tasks.generation.engines import VLLM_MODES, EngineGroup, engine_groups, pla
 from tasks.generation.schedule import Plan
 from tasks.generation.schedule_pool import plan_for_pool
 from tasks.generation.stage import STAGE, merge_key, merge_shard, run_group
-
-
-def rows_by_source(cfg) -> dict[str, str]:
-    return {s.name: s.principle_source for s in cfg.sources}
 
 
 @task(name="generate-engine", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
@@ -78,7 +76,7 @@ def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gp
         part_events.notify(parts_key, group.engine_id, shard_id)
 
     if ledger_key is not None:
-        return _summary(*_run_elastic(cfg, store, group, instr_refs, gpu_ledger.ledger(ledger_key), on_part))
+        return _summary(*run_elastic(cfg, store, group, instr_refs, gpu_ledger.ledger(ledger_key), on_part))
     gate = nullcontext()
     if cfg.generation.gpu_slots and group.serve in VLLM_MODES:
         from prefect.concurrency.sync import concurrency
@@ -88,47 +86,6 @@ def generate_with_engine(cfg, group: EngineGroup, instr_refs: list[ShardRef], gp
         res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), store.log_dir(),
                         on_part=on_part)
     return _summary(res)
-
-
-def _run_elastic(cfg, store: ShardStore, group: EngineGroup, instr_refs: list[ShardRef], led, on_part=None) -> tuple:
-    """One engine task of an elastic plan; whatever way it ends, its GPUs are released and its
-    unused placements skipped, so the engines planned after it on its GPUs go on."""
-    from tasks.generation.elastic_engine import ElasticBackend
-    from tasks.generation.engines import launch_server, open_backend
-    from tasks.generation.held_engine import HeldBackend
-    from tasks.generation.schedule_pool import seconds_per_request
-
-    sched, log_dir, backend = cfg.generation.schedule, store.log_dir(), None
-    try:
-        if group.serve == "vllm_server":
-            def launch(p, k):
-                return launch_server(group, log_dir, f"{group.engine_id}-s{k}", p.gpus, p.replicas,
-                                     sched.pin_devices and sched.gpus > 1)
-
-            backend = ElasticBackend(group.engine_id, led, launch, seconds_per_request(cfg.generation, group))
-        elif group.serve in VLLM_MODES:
-            backend = HeldBackend(group.engine_id, led, open_backend(group, log_dir, output_root=store.root))
-        res = run_group(store, group, instr_refs, cfg.generation, cfg.seed, rows_by_source(cfg), log_dir,
-                        backend=backend, on_part=on_part)
-    finally:
-        led.finish(group.engine_id)
-    return res, (backend.history() if isinstance(backend, ElasticBackend) else None)
-
-
-def _replanner(cfg, groups: list[EngineGroup], led, n_instructions: int):
-    """The run's re-planner (elastic mode with `schedule.replan`), its thread started; None
-    when the plan is followed as made. An offline batch engine holds one placement for its
-    whole run and cannot be moved, so a pool with one is not re-planned."""
-    if led is None or not cfg.generation.schedule.replan:
-        return None
-    held = [g.engine_id for g in groups if g.serve in VLLM_MODES and g.serve != "vllm_server"]
-    if held:
-        logger().info("re-planning is off: %s cannot move between GPUs (serve: vllm_batch)", ", ".join(held))
-        return None
-    from tasks.generation.replanner import Replanner
-    from tasks.generation.schedule_pool import jobs_for_pool
-
-    return Replanner(led, jobs_for_pool(cfg.generation, groups, n_instructions)).__enter__()
 
 
 def _summary(res, servers: list | None = None) -> dict:
@@ -263,7 +220,7 @@ def run_generate(cfg, store: ShardStore, instructions: StageResult, only: list[s
     logger().info("%s\nmode: %s", plan.render(), mode)
     key = f"{cfg.output}|{uuid.uuid4().hex}" if mode == "elastic" else None
     led = gpu_ledger.open_ledger(key, plan) if key else None
-    replanner = _replanner(cfg, groups, led, sum(r.rows for r in instr_refs))
+    replanner = start_replanner(cfg, groups, led, sum(r.rows for r in instr_refs))
     parts_key = f"{cfg.output}|parts|{uuid.uuid4().hex}"
     events = part_events.open_channel(parts_key)  # before the engines start: none of their word is lost
     runner = engine_runner(len(groups))
