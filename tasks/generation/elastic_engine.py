@@ -11,7 +11,8 @@ retries are the same as for one server.
 Mechanics (those of the cluster simulation, bench/cluster_des.py): a launcher thread
 takes the engine's placements in plan order; each waits in the ledger until its GPUs are
 released by the servers planned before it there, is skipped if the engine is done by
-then, else its server is launched and joins the engine's ReplicatedBackend, which hands
+then, else its server is launched on a thread of its own (so servers that get their GPUs
+at one time load side by side) and joins the engine's ReplicatedBackend, which hands
 it requests from the queue all the engine's servers share. Each time a server would take
 a request, `schedule_runtime.may_leave` decides whether it leaves: it then takes no new
 request, answers those in flight, is stopped, and its GPUs are released to the next
@@ -27,8 +28,9 @@ measured, and when a server outstays its planned time, and each server leaves by
 planned end the latest plan gave it (`set_planned_end`). With work left and no server (one
 died or failed to start) it asks for a plan, which gives it a placement, so a lost server
 is relaunched within the attempt. Without re-planning, an engine whose plan is used up and
-whose last server was lost relaunches one on that server's GPUs, first in their lanes (as
-the cluster simulation restarts a failed server). After `max_lost` lost servers (as many
+whose last server is lost relaunches one on that server's GPUs: the relaunch is queued
+first in their lanes before they are released, so no other engine's server takes them in
+between (the cluster simulation restarts a failed server where it was). After `max_lost` lost servers (as many
 relaunches, or two plans that give it none), the launcher ends and the attempt fails for
 the orchestrator to retry.
 """
@@ -36,11 +38,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from tasks.backends.base import Backend, BatchRequest, BatchResult
 from tasks.backends.replicas import ReplicatedBackend, RunView
+from tasks.generation.elastic_launch import Launching, Server, quiet_exit
 from tasks.generation.gpu_ledger import GpuLedger
 from tasks.generation.schedule_plan import Placement
 from tasks.generation.schedule_runtime import may_leave, observed_left_s, overdue
@@ -48,20 +50,7 @@ from tasks.generation.schedule_runtime import may_leave, observed_left_s, overdu
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Server:
-    claim: int  # the ledger's placement index
-    placement: Placement
-    backend: Backend
-    started_s: float
-    ready_s: float | None = None  # when it could take requests
-    stopped_s: float | None = None
-    why: str = ""
-    asked: int = -1  # the plan version in which it last asked for a re-plan (outstaying its time)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class ElasticBackend:
+class ElasticBackend(Launching):
     def __init__(self, engine_id: str, ledger: GpuLedger, launch: Callable[[Placement, int], Backend],
                  s_per_request: float, balance_wait_s: float = 0.25, max_lost: int = 2):
         self.name = engine_id
@@ -70,14 +59,17 @@ class ElasticBackend:
         self.s_per_request, self.balance_wait_s = s_per_request, balance_wait_s
         self.total: int | None = None  # requests of this run, known once `run` starts
         self.finished = False
-        self.servers: list[_Server] = []
+        self.servers: list[Server] = []
         self.failures: list[str] = []
-        self._by_backend: dict[int, _Server] = {}
+        self._by_backend: dict[int, Server] = {}
         self._launching = 0  # replicas of servers loading now
         self._loading: dict[int, float] = {}  # claim -> when its server began loading
         self._planned_end: dict[int, tuple[float, float]] = {}  # claim -> (its end, engine's end) by a re-plan
         self._paced = False  # its pace has been reported once
-        self._starting: Backend | None = None
+        self._starting: dict[int, Backend] = {}  # claim -> its server, loading now
+        self._starts: list[threading.Thread] = []  # one per server launched
+        self._relaunched = 0  # without a re-planner: servers relaunched on a lost one's GPUs
+        self._relaunch_lock = threading.Lock()
         self._last_lost: Placement | None = None  # where a relaunch without a re-planner goes
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -111,9 +103,9 @@ class ElasticBackend:
     def __exit__(self, *exc: object) -> None:
         self._cancel.set()
         with self._lock:
-            starting = self._starting
-        if starting is not None:  # a server still loading for an engine that is done: stop it now
-            _quiet_exit(starting, self.engine_id)
+            starting = list(self._starting.values())
+        for backend in starting:  # servers still loading for an engine that is done: stop them now
+            quiet_exit(backend, self.engine_id)
         if self._thread is not None:
             self._thread.join()
         for server in list(self.servers):
@@ -124,106 +116,8 @@ class ElasticBackend:
         if self.rep is not None:
             self.rep.open = False
 
-    # -- launching ---------------------------------------------------------------------
-    def _done(self) -> bool:
-        if self.finished:
-            return True
-        if self.total is None:
-            return False
-        answered, _ = self.rep.progress()
-        return answered >= self.total
-
-    def _launch_all(self) -> None:
-        k = 0
-        self._asked, self._empty, self._relaunched = -1, 0, 0
-        try:
-            while not self._cancel.is_set() and not self._done():
-                i = self.ledger.next_planned(self.engine_id)
-                if i is None:
-                    if not self._await_placement():
-                        return  # relaunching does not help: the attempt fails for the orchestrator to retry
-                    continue
-                self._asked, self._empty = -1, 0
-                if not self.ledger.acquire(i, self._cancel):
-                    continue  # skipped or replaced meanwhile, or the engine task is ending
-                if self._cancel.is_set() or self._done():
-                    self.ledger.skip(i)  # its engine is done: a launch would only pay a load
-                    continue
-                self._start(i, k)
-                k += 1
-        finally:
-            self.rep.close_joins()
-
-    def _await_placement(self) -> bool:
-        """The plan has no placement left for this engine. While a server is up, wait (it may
-        be lost too). With work left and no server: re-planned, ask for a plan, which gives it
-        a placement; else relaunch on the GPUs of the server lost last. False to give up:
-        after `max_lost` lost servers, as many relaunches, or two plans that gave it none."""
-        if self._lost() >= self.max_lost:
-            return False
-        replanner = self.ledger.replanner
-        if not self._has_server() and replanner is None:
-            if self._relaunched >= self.max_lost:
-                return False
-            self._relaunched += 1
-            self.ledger.requeue(self.engine_id, self._last_lost)
-            return True
-        if not self._has_server():
-            if self._asked >= 0 and replanner.version > self._asked:
-                self._empty += 1  # a plan has come since it asked, with no placement for it
-                if self._empty >= 2:
-                    return False
-                self._asked = -1
-            if self._asked < 0:
-                self._asked = replanner.version
-                replanner.request(f"{self.engine_id} has no server")
-        self.ledger.wait(0.2)  # a new plan, or a release, may change what it should do
-        return True
-
-    def _lost(self) -> int:
-        return len(self.failures) + sum(s.why == "died" for s in list(self.servers))
-
-    def _has_server(self) -> bool:
-        with self._lock:
-            if self._loading:
-                return True
-        return any(s.stopped_s is None for s in self.servers)
-
-    def _start(self, i: int, k: int) -> None:
-        placement = self.ledger.claims[i].placement
-        started = self.ledger.now()
-        backend = None
-        with self._lock:
-            self._launching += placement.replicas
-            self._loading[i] = started
-        try:
-            backend = self.launch(placement, k)
-            with self._lock:
-                self._starting = backend
-            backend.__enter__()
-        except Exception as exc:  # its GPUs go on to the next placement; the others do the work
-            self.failures.append(f"{getattr(backend, 'name', k)}: {type(exc).__name__}: {exc}"[:500])
-            log.warning("%s: server on GPUs %s failed to start: %s", self.engine_id, placement.gpus, exc)
-            self._last_lost = placement
-            if backend is not None:
-                _quiet_exit(backend, self.engine_id)
-            self.ledger.release(i)
-            return
-        finally:
-            with self._lock:
-                self._launching -= placement.replicas
-                self._loading.pop(i, None)
-                self._starting = None
-        server = _Server(i, placement, backend, started, self.ledger.now())
-        self.servers.append(server)
-        self._by_backend[id(backend)] = server
-        if self._cancel.is_set():
-            self._stop(server, "engine done")
-            return
-        self.rep.join(backend)
-
     # -- leaving -----------------------------------------------------------------------
-    def _server(self, replica: int) -> _Server:
+    def _server(self, replica: int) -> Server:
         return self._by_backend[id(self.rep.replicas[replica])]
 
     def _should_leave(self, replica: int, view: RunView) -> bool:
@@ -297,14 +191,15 @@ class ElasticBackend:
     def _gone(self, replica: int, why: str) -> None:
         self._stop(self._server(replica), why)
 
-    def _stop(self, server: _Server, why: str) -> None:
+    def _stop(self, server: Server, why: str) -> None:
         with server.lock:
             if server.stopped_s is not None:
                 return
-            _quiet_exit(server.backend, self.engine_id)
+            quiet_exit(server.backend, self.engine_id)
             server.stopped_s, server.why = self.ledger.now(), why
-            if why == "died":
-                self._last_lost = server.placement
+        if why == "died":
+            self._last_lost = server.placement
+            self._relaunch_on(server.placement, lost=server.claim)
         self.ledger.release(server.claim)
         log.info("%s: server on GPUs %s stopped (%s)", self.engine_id, server.placement.gpus, why)
         if self.ledger.replanner is not None:  # its GPUs are free: who takes them may change
@@ -315,10 +210,3 @@ class ElasticBackend:
         return [{"gpus": list(s.placement.gpus), "replicas": s.placement.replicas, "started_s": round(s.started_s, 3),
                  "stopped_s": None if s.stopped_s is None else round(s.stopped_s, 3), "why": s.why}
                 for s in self.servers]
-
-
-def _quiet_exit(backend: Backend, engine_id: str) -> None:
-    try:
-        backend.__exit__(None, None, None)
-    except Exception as err:  # one server's stop must not keep the others running
-        log.warning("%s: stopping %s failed: %s", engine_id, getattr(backend, "name", backend), err)

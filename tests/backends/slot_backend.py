@@ -4,7 +4,8 @@ Inputs: request records. Outputs: result records (the scripted answer of
 tasks/backends/scripted.py), oldest request first, one per `latency_s`. It keeps up to
 `concurrency` requests pulled from its iterator, so balancing across replicas can be
 observed; `die_after` answers, it raises EngineDiedError while still holding the rest.
-`pulled` and `answered` record the custom_ids it took and answered.
+`start_s`: seconds its start takes (a model load). `pulled` and `answered` record the
+custom_ids it took and answered; `loading` when its start began and ended.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tasks.errors import EngineDiedError
 
 class SlotBackend:
     def __init__(self, name: str, concurrency: int = 4, latency_s: float = 0.005, die_after: int | None = None,
-                 fail_start: bool = False):
+                 fail_start: bool = False, start_s: float = 0.0):
         self.name, self.concurrency, self.latency_s = name, concurrency, latency_s
+        self.start_s, self.loading = start_s, (0.0, 0.0)
         self.die_after, self.fail_start = die_after, fail_start
         self.pulled: list[str] = []
         self.answered: list[str] = []
@@ -27,6 +29,9 @@ class SlotBackend:
         self.entered = self.exited = 0
 
     def __enter__(self) -> "SlotBackend":
+        began = time.monotonic()
+        time.sleep(self.start_s)
+        self.loading = (began, time.monotonic())
         if self.fail_start:
             raise EngineDiedError(f"{self.name} did not start")
         self.entered += 1

@@ -1,6 +1,7 @@
 """ElasticBackend with in-process stand-in servers (tests/backends/slot_backend.py): a server
 that dies releases its GPUs and its requests go to the others; a planned server of an
-engine already done is skipped; a server that fails to start hands its GPUs on; an engine
+engine already done is skipped; a server that fails to start hands its GPUs on; servers
+planned at one time load side by side; an engine
 whose last server dies relaunches one on its GPUs within the attempt, up to `max_lost`; a
 retry after every server died gets its last GPUs again and finishes the rest."""
 from __future__ import annotations
@@ -70,6 +71,16 @@ def test_a_server_that_fails_to_start_hands_its_gpus_on():
     assert sorted(_run(engine)) == IDS
     assert engine.failures and engine.failures[0].startswith("s1: EngineDiedError")
     assert ledger.acquire(2)  # GPU 1 went on to B at once
+
+
+def test_servers_planned_at_one_time_load_side_by_side():
+    ledger = GpuLedger(_plan(("A", 0, 0, 10), ("A", 1, 0, 10)))
+    launch = Launcher(s0={"start_s": 0.5}, s1={"start_s": 0.5})
+    engine = ElasticBackend("A", ledger, launch, s_per_request=0.01)
+    assert sorted(_run(engine)) == IDS
+    (first, _), (second, _) = launch.launched
+    assert second.loading[0] < first.loading[1]  # the second began loading before the first was up
+    assert first.answered and second.answered
 
 
 def test_a_lost_last_server_is_relaunched_on_its_gpus_within_the_attempt():
