@@ -71,6 +71,7 @@ class ElasticBackend(Launching):
         self._relaunched = 0  # without a re-planner: servers relaunched on a lost one's GPUs
         self._relaunch_lock = threading.Lock()
         self._last_lost: Placement | None = None  # where a relaunch without a re-planner goes
+        self._retry = False  # this task is a retry of the engine's (set on entering)
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,6 +81,7 @@ class ElasticBackend(Launching):
         return f"ElasticBackend(engine={self.engine_id!r})"
 
     def __enter__(self) -> "ElasticBackend":
+        self._retry = self.engine_id in self.ledger.ended  # an earlier task of this engine ended in this run
         self.ledger.reopen(self.engine_id)
         if not self.ledger.planned(self.engine_id):
             self.ledger.requeue(self.engine_id)
@@ -95,6 +97,8 @@ class ElasticBackend(Launching):
     def run(self, requests: Iterable[BatchRequest]) -> Iterator[BatchResult]:
         reqs = list(requests)  # the queue's length feeds the leave rule
         self.total = len(reqs)
+        if self._retry and self.ledger.replanner is not None:  # planned at its full estimate until now
+            self.ledger.replanner.request(f"{self.engine_id} retry: {self.total} requests left")
         try:
             yield from self.rep.run(reqs)
         finally:

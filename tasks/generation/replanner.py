@@ -15,7 +15,8 @@ finish well before their plan says: re-planning hands the GPUs they free to the 
 still at work instead of leaving them idle until the planned hand-over.
 
 An engine is planned while its task is at work or has not entered yet (at its estimate);
-one whose task has ended (`GpuLedger.finish`) is left out until its retry enters. A
+one whose task has ended (`GpuLedger.finish`) is left out until its retry enters, and the
+retry asks for a plan once its requests (those of the parts not yet written) are known. A
 trigger only sets a flag; the re-plan runs on this object's own thread, so no lock of an
 engine's request queue is held while another engine is read. A re-plan that fails is
 logged and the current plan stays.

@@ -5,7 +5,8 @@ GPU A frees goes to B, which gets a second server there; following the plan alon
 finishes on its one server. A server that outstays its planned time asks for a plan once,
 and the placements a plan replaces are never launched. A server that dies is relaunched
 by a re-plan within the engine's attempt, up to `max_lost` lost servers; then the attempt
-fails, for the orchestrator to retry.
+fails, for the orchestrator to retry. A retried engine asks for a plan once its requests
+are known, so what is left is planned at their count, not at the engine's full estimate.
 """
 from __future__ import annotations
 
@@ -147,3 +148,20 @@ def test_servers_that_keep_failing_end_the_attempt_after_max_lost():
             list(engine.run(requests(10)))
     assert launch.launched == [(0,), (0,)]  # one relaunch, then the orchestrator's retry takes over
     assert len(engine.failures) == 2
+
+
+def test_a_retry_asks_for_a_plan_once_its_requests_are_known():
+    ledger = GpuLedger(Plan(1, 1, [Placement("A", 0, (0,), 1, 0.0, 5.0, 1.0)]))
+    with Replanner(ledger, [Job("A", 1, 5.0, 0.05)], min_observed=10_000) as replanner:
+        first = ElasticBackend("A", ledger, Failing(s0={"die_after": 5}), s_per_request=0.01, max_lost=0)
+        got = []
+        with first, pytest.raises(EngineDiedError):
+            for r in first.run(requests(30)):
+                got.append(r["custom_id"])
+        assert len(got) == 5
+        retry = ElasticBackend("A", ledger, Failing(), s_per_request=0.01)
+        with retry:  # the orchestrator's retry sends only what is left
+            got += [r["custom_id"] for r in retry.run([r for r in requests(30) if r["custom_id"] not in got])]
+    assert sorted(got) == sorted(r["custom_id"] for r in requests(30))
+    whys = [w for record in replanner.history for w in record["why"]]
+    assert any(w.startswith("A retry: ") and w.endswith(f"{30 - 5} requests left") for w in whys), whys
