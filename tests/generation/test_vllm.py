@@ -1,7 +1,8 @@
-"""Real vLLM (CPU) with the converted SmolLM2-135M-Instruct: the flow, a server crash, batch mode.
+"""Real vLLM (CPU) with the converted SmolLM2-135M-Instruct: the flow, a server crash (static
+and elastic mode), batch mode.
 
 Needs the engine environment and model that `scripts/setup_local.sh` builds; skipped, with
-that reason, only when they are absent. Cost: four engine starts (~30 s each on two idle
+that reason, only when they are absent. Cost: six engine starts (~30 s each on two idle
 cores) and a few hundred generated tokens.
 """
 from __future__ import annotations
@@ -95,6 +96,42 @@ def test_flow_on_real_vllm_survives_a_server_kill(prefect_harness, tmp_path):
     assert summary["engines"][0]["kept"] >= len(parts_before) >= 1
     assert summary["engines"][0]["written"] >= 1  # and the retry did real work after the crash
     for rel in parts_before:
+        assert store.read_json(str(out / rel))["written_at"] < kill_time
+
+
+def test_elastic_flow_on_real_vllm_relaunches_a_killed_server_within_the_task(prefect_harness, tmp_path):
+    """Elastic mode on one GPU id: the killed server is relaunched by a re-plan inside the
+    same engine task, so no part is kept from an earlier attempt and none is written twice."""
+    out = tmp_path / "run"
+    cfg = load_config(CFG, [f"sources.{i}.quota=2" for i in range(5)], output=str(out))
+    gen = GenerationConfig.model_validate({
+        "k": 2, "models": [_entry("smollm2-135m-t1.0"), _entry("smollm2-135m-t0.7", temperature=0.7)],
+        "schedule": {"mode": "elastic", "gpus": 1, "load_s": 30, "tokens_per_s": 50}})
+    cfg = cfg.model_copy(update={"generation": gen, "shard_size": 4})
+
+    killed: list = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_server_after_first_part, args=(out, killed, stop), daemon=True)
+    watcher.start()
+    try:
+        summary = ultrafeedback(config=cfg, stages=["sample", "generate"])["stages"]["generate"]
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert killed, "the server was never killed: the crash path was not exercised"
+
+    store = ShardStore(str(out))
+    assert summary["shards"]["failed"] == 0 and store.incomplete("generate") == []
+    rows = [r for ref in store.refs("generate") for r in store.read_shard(ref).to_pylist()]
+    assert len(rows) == 20 and len({r["request_id"] for r in rows}) == 20
+    assert all(r["error"] is None and r["response"].strip() for r in rows)
+    (engine,) = summary["engines"]
+    assert (engine["written"], engine["kept"]) == (10, 0)  # one attempt wrote all 5 shards x 2 entries
+    assert [s["why"] for s in engine["servers"]] == ["died", "engine done"]
+    assert len(list((out / "logs").glob("vllm-*.log"))) == 2 and list((out / "logs").glob("*.pid")) == []
+    assert not _alive(killed[0][0])
+    pid, parts_before, kill_time = killed[0]
+    for rel in parts_before:  # written before the kill, and not again
         assert store.read_json(str(out / rel))["written_at"] < kill_time
 
 
