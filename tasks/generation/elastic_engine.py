@@ -30,7 +30,8 @@ died or failed to start) it asks for a plan, which gives it a placement, so a lo
 is relaunched within the attempt. Without re-planning, an engine whose plan is used up and
 whose last server is lost relaunches one on that server's GPUs: the relaunch is queued
 first in their lanes before they are released, so no other engine's server takes them in
-between (the cluster simulation restarts a failed server where it was). After `max_lost` lost servers (as many
+between (as the cluster simulation restarts a failed server where it was; here only
+when no other server of the engine is left). After `max_lost` lost servers (as many
 relaunches, or two plans that give it none), the launcher ends and the attempt fails for
 the orchestrator to retry.
 """

@@ -106,8 +106,9 @@ class Launching:
         """Without a re-planner: if the engine has work left, no server but the lost one's
         (claim `lost`) and no placement to come, queue a relaunch on the lost server's GPUs.
         Called before those GPUs are released, so no other engine's server takes them in
-        between (the simulation restarts a failed server where it was). Bounded by
-        `max_lost`. True when a relaunch was queued."""
+        between (as the simulation restarts a failed server where it was; here only when
+        no other server of the engine is left). Bounded by `max_lost`. True when a
+        relaunch was queued."""
         if self.ledger.replanner is not None or self._cancel.is_set() or self._done():
             return False
         with self._relaunch_lock:
